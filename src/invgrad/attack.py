@@ -1,0 +1,222 @@
+"""The attacker's public API, with the paper's quick-start signature.
+
+The attacker receives the model, the shared update and public metadata (labels only when the threat model grants
+them) — never the ground-truth images. All input checks run before any optimisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .config import make_config
+from .engine import Engine, Simulator, gradient_simulator, split_parameters
+from .labels import idlg_label
+from .objectives import layer_weights
+
+Update = Sequence[torch.Tensor]
+
+
+def _as_stat_tensor(values: Any, channels: int | None = None) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32)
+    return t.reshape(-1, 1, 1) if t.dim() != 3 else t
+
+
+class GradientReconstructor:
+    """Reconstruct images from a shared gradient (FedSGD) — ``GradientReconstructor(model, (dm, ds), config)``.
+
+    ``reconstruct(input_gradient, labels, img_shape)`` returns ``(images, stats)`` with images in normalised
+    coordinates; ``reconstruct_many`` attacks several independent updates in one batched call.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        mean_std: tuple[Any, Any],
+        config: Mapping[str, Any] | str | None = None,
+        num_images: int = 1,
+        progress: bool = False,
+    ):
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        self.model, self.num_images, self.progress = model, num_images, progress
+        self.config = make_config(config)
+        self.param_shapes = [p.shape for p in model.parameters() if p.requires_grad]
+        reference = next(model.parameters())
+        self.device, self.dtype = reference.device, reference.dtype
+        dm, ds = mean_std
+        self.dm = _as_stat_tensor(dm).to(self.device, self.dtype)
+        self.ds = _as_stat_tensor(ds).to(self.device, self.dtype)
+
+    # -- what differs between the FedSGD and FedAvg attacks -------------------------------------------------
+    def _simulator(self) -> Simulator:
+        return gradient_simulator(self.model)
+
+    def _recover_labels(self, update: Update) -> torch.Tensor:
+        if self.num_images != 1:
+            raise ValueError(
+                f"labels=None recovers the label of one image only (iDLG); got num_images={self.num_images}: "
+                "pass the labels"
+            )
+        return idlg_label(update).reshape(1)
+
+    # -- public API ------------------------------------------------------------------------------------------
+    def reconstruct(
+        self,
+        input_gradient: Update,
+        labels: torch.Tensor | Sequence[int] | None,
+        img_shape: Sequence[int] = (3, 32, 32),
+        restart_chunk: int | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        images, stats = self.reconstruct_many(
+            [input_gradient], None if labels is None else [labels], img_shape, restart_chunk=restart_chunk
+        )
+        single = {key: (value[0] if key in _PER_EXPERIMENT else value) for key, value in stats.items()}
+        return images[0], single
+
+    def reconstruct_many(
+        self,
+        input_gradients: Sequence[Update],
+        labels: Sequence[Any] | None,
+        img_shape: Sequence[int] = (3, 32, 32),
+        restart_chunk: int | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W]."""
+        img_shape = tuple(int(s) for s in img_shape)
+        if len(input_gradients) == 0:
+            raise ValueError("no update to attack: input_gradients is empty")
+        updates = [self._check_update(u, i) for i, u in enumerate(input_gradients)]
+        num_classes = self._probe(img_shape)
+        if labels is None:
+            label_rows = [self._recover_labels(u) for u in updates]
+            labels_known = False
+        else:
+            if len(labels) != len(updates):
+                raise ValueError(f"got {len(labels)} label sets for {len(updates)} updates")
+            label_rows = [self._check_labels(lab, num_classes) for lab in labels]
+            labels_known = True
+        label_tensor = torch.stack(label_rows).to(self.device)
+        targets = [torch.stack(per_param) for per_param in zip(*updates, strict=True)]
+        weights = torch.stack(
+            [layer_weights(self.config["indices"], self.config["weights"], u) for u in updates]
+        )
+        seed = self.config["seed"]
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            engine = Engine(self.model, self._simulator(), self.config, self.dm, self.ds)
+            result = engine.run(
+                targets,
+                label_tensor,
+                weights.to(self.device, self.dtype),
+                img_shape,
+                self.num_images,
+                seed,
+                restart_chunk,
+                self.progress,
+            )
+        finally:
+            self.model.train(was_training)
+        images, stats = self._select(result)
+        stats.update(
+            labels=label_tensor.cpu(),
+            labels_known=labels_known,
+            seed=seed,
+            iterations=result.iterations,
+            seconds=result.seconds,
+            config=dict(self.config),
+        )
+        return images, stats
+
+    # -- selection -------------------------------------------------------------------------------------------
+    def _select(self, result) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Lowest reconstruction loss (no TV) among finite restarts; non-finite restarts are never chosen."""
+        choice = self.config["scoring_choice"]
+        candidates = result.candidates
+        finite = torch.isfinite(result.reconstruction_loss) & torch.isfinite(candidates).flatten(2).all(dim=2)
+        scores = {"loss": result.reconstruction_loss, "tv": result.total_variation}.get(choice)
+        chosen, images = [], []
+        for e in range(candidates.shape[0]):
+            valid = torch.nonzero(finite[e]).flatten()
+            if valid.numel() == 0:  # every restart failed: return a NaN image, counted as a failure
+                chosen.append(None)
+                images.append(torch.full_like(candidates[e, 0], math.nan))
+            elif scores is None:  # pixel-wise consensus of the finite restarts
+                chosen.append(None)
+                pool = candidates[e, valid]
+                images.append(pool.mean(0) if choice == "pixelmean" else pool.median(0).values)
+            else:
+                best = valid[torch.argmin(scores[e, valid])]
+                chosen.append(int(best))
+                images.append(candidates[e, best])
+        losses = result.reconstruction_loss.cpu()
+        stats = {
+            "restart_losses": [row.tolist() for row in losses],
+            "restart_tv": [row.tolist() for row in result.total_variation.cpu()],
+            "chosen": chosen,
+            "failures": [int((~row).sum()) for row in finite.cpu()],
+            "opt": [float(losses[e, c]) if c is not None else math.nan for e, c in enumerate(chosen)],
+        }
+        return torch.stack(images), stats
+
+    # -- input checks (before any work) ---------------------------------------------------------------------
+    def _check_update(self, update: Update, index: int) -> list[torch.Tensor]:
+        update = list(update)
+        if len(update) != len(self.param_shapes):
+            raise ValueError(
+                f"update {index} has {len(update)} tensors but the model has {len(self.param_shapes)} trainable "
+                "parameters: it must list one tensor per parameter, in model.parameters() order"
+            )
+        checked = []
+        for i, (tensor, shape) in enumerate(zip(update, self.param_shapes, strict=True)):
+            tensor = torch.as_tensor(tensor)
+            if tensor.shape != shape:
+                raise ValueError(
+                    f"update {index}, tensor {i}: shape {tuple(tensor.shape)} != parameter {tuple(shape)}"
+                )
+            if not torch.isfinite(tensor).all():
+                raise ValueError(
+                    f"update {index}, tensor {i} contains NaN or inf: nothing to reconstruct from"
+                )
+            checked.append(tensor.detach().to(self.device, self.dtype))
+        return checked
+
+    def _probe(self, img_shape: tuple[int, ...]) -> int:
+        """Run the model once on blank images: the shape must fit, and the output gives the class count."""
+        if len(img_shape) != 3:
+            raise ValueError(f"img_shape must be (channels, height, width), got {img_shape}")
+        if self.dm.shape[0] not in (1, img_shape[0]):
+            raise ValueError(f"mean/std have {self.dm.shape[0]} channels but img_shape has {img_shape[0]}")
+        probe = torch.zeros(self.num_images, *img_shape, device=self.device, dtype=self.dtype)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = self.model(probe)
+        except RuntimeError as error:
+            first_line = str(error).splitlines()[0]
+            raise ValueError(f"the model cannot take images of shape {img_shape}: {first_line}") from None
+        finally:
+            self.model.train(was_training)
+        return int(logits.shape[-1])
+
+    def _check_labels(self, labels: Any, num_classes: int) -> torch.Tensor:
+        labels = torch.as_tensor(labels).reshape(-1)
+        if labels.numel() != self.num_images:
+            raise ValueError(f"got {labels.numel()} labels for num_images={self.num_images}")
+        if labels.is_floating_point() or labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must be integers in [0, {num_classes}), got {labels.tolist()}")
+        return labels.long()
+
+
+_PER_EXPERIMENT = {"restart_losses", "restart_tv", "chosen", "failures", "opt", "labels"}
+
+
+def parameters_of(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The model's trainable parameters in the order updates list them."""
+    return list(split_parameters(model)[0].values())

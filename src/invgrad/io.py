@@ -1,0 +1,100 @@
+"""Crash-safe file output and safe loading.
+
+Outputs are written to a temporary name in the same folder and renamed, so a killed job never leaves a file
+that looks finished. Tensors are loaded with ``weights_only=True``: a pickle is code, and a checkpoint or an
+update file from someone else must not be able to run any.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def save_json(data: Any, path: str | Path) -> Path:
+    text = json.dumps(data, indent=2, default=_jsonable, allow_nan=True) + "\n"
+    return _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_tensors(data: Any, path: str | Path) -> Path:
+    return _atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """uint8 [H, W, 3] array → PNG."""
+    return _atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def load_tensors(path: str | Path) -> Any:
+    """Load a checkpoint/update file without executing pickled code; clear errors for each way it can fail."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        Exception
+    ) as error:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            reason = "it contains pickled objects other than tensors (refused: loading them could run code)"
+        raise ValueError(f"cannot load {path}: {reason}") from None
+
+
+def image_grid(rows: list[list[np.ndarray]], scale: int = 4, gap: int = 2) -> np.ndarray:
+    """Tile equally sized uint8 [H, W, 3] images into one picture, upscaled (nearest) for visibility."""
+    height, width = rows[0][0].shape[:2]
+    cols = max(len(r) for r in rows)
+    h, w = height * scale, width * scale
+    canvas = np.full((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            big = img.repeat(scale, axis=0).repeat(scale, axis=1)
+            canvas[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = big
+    return canvas
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """[N, C, H, W] in [0, 1] → list of uint8 [H, W, 3] (NaN shown as black)."""
+    arrays = torch.nan_to_num(images.detach().cpu(), nan=0.0).clamp(0, 1).mul(255).round().byte()
+    return [a.permute(1, 2, 0).numpy() for a in arrays]

@@ -1,0 +1,115 @@
+"""Image-quality metrics — one definition each, used everywhere (the paper's repo had three PSNRs).
+
+All image metrics take de-normalised images in [0, 1] ([N, C, H, W]); ``to_unit_range`` gets them there by
+de-normalising and clamping. Per-image values are returned so that failures (NaN/inf) stay visible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import structural_similarity
+
+
+def to_unit_range(x: torch.Tensor, dm: torch.Tensor, ds: torch.Tensor) -> torch.Tensor:
+    """Normalised tensor → clamped [0, 1] image (NaN stays NaN so a failure is not hidden)."""
+    return (x.detach().float().cpu() * ds.float().cpu() + dm.float().cpu()).clamp(0, 1)
+
+
+def mse_per_image(rec: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return (rec - truth).pow(2).flatten(1).mean(dim=1)
+
+
+def psnr_per_image(rec: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """10·log10(range² / MSE) per image; +inf for a perfect match, NaN for a non-finite reconstruction."""
+    return 10 * torch.log10(data_range**2 / mse_per_image(rec, truth))
+
+
+def ssim_per_image(rec: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """SSIM (scikit-image, Gaussian-free 7×7 window) per image on [0, 1] RGB; NaN where rec is not finite."""
+    values = []
+    for r, t in zip(rec.numpy(), truth.numpy(), strict=True):
+        if not np.isfinite(r).all():
+            values.append(math.nan)
+            continue
+        values.append(structural_similarity(r, t, data_range=1.0, channel_axis=0))
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@torch.no_grad()
+def feature_mse(model: torch.nn.Module, rec: torch.Tensor, truth: torch.Tensor) -> float:
+    """FMSE: mean squared difference of the model's outputs (logits) on reconstruction vs truth (normalised)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return float((model(rec) - model(truth)).pow(2).mean())
+    finally:
+        model.train(was_training)
+
+
+def label_accuracy(predicted: Sequence[int] | torch.Tensor, truth: Sequence[int] | torch.Tensor) -> float:
+    """Fraction of the true labels recovered, as multisets (order of a batch carries no information)."""
+    predicted, truth = sorted(torch.as_tensor(predicted).tolist()), sorted(torch.as_tensor(truth).tolist())
+    remaining, hits = list(predicted), 0
+    for label in truth:
+        if label in remaining:
+            remaining.remove(label)
+            hits += 1
+    return hits / len(truth)
+
+
+def match_images(rec: torch.Tensor, truth: torch.Tensor) -> list[int]:
+    """Hungarian pairing maximising total PSNR: order[i] is the reconstruction matched to truth image i.
+
+    A batch reconstruction has no canonical order, so images are paired before scoring.
+    """
+    n = truth.shape[0]
+    cost = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            value = float(psnr_per_image(rec[j : j + 1], truth[i : i + 1])[0])
+            cost[i, j] = -value if math.isfinite(value) else 1e9
+    rows, cols = linear_sum_assignment(cost)
+    return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
+
+
+def image_metrics(rec: torch.Tensor, truth: torch.Tensor, match: bool = False) -> dict:
+    """Per-image PSNR/MSE/SSIM on [0, 1] images (optionally after Hungarian matching) and their means."""
+    order = match_images(rec, truth) if match else list(range(truth.shape[0]))
+    rec = rec[order]
+    psnr, mse, ssim = psnr_per_image(rec, truth), mse_per_image(rec, truth), ssim_per_image(rec, truth)
+    return {
+        "pairing": "hungarian" if match else "identity",
+        "order": order,
+        "psnr": psnr.tolist(),
+        "mse": mse.tolist(),
+        "ssim": ssim.tolist(),
+        "psnr_mean": float(psnr.mean()),
+        "mse_mean": float(mse.mean()),
+        "ssim_mean": float(ssim.mean()),
+    }
+
+
+def summarize(values: Sequence[float]) -> dict:
+    """Table statistics over experiments: mean, np.std (ddof=0), median, min, max over the non-failed values.
+
+    Failures (NaN) are counted, never dropped silently: the count travels with the numbers.
+    """
+    array = np.asarray(values, dtype=float)
+    finite = array[~np.isnan(array)]
+    stats = {"n": int(array.size), "failures": int(array.size - finite.size)}
+    if finite.size:
+        stats.update(
+            mean=float(finite.mean()),
+            std=float(finite.std()),
+            median=float(np.median(finite)),
+            min=float(finite.min()),
+            max=float(finite.max()),
+        )
+    else:
+        stats.update(mean=math.nan, std=math.nan, median=math.nan, min=math.nan, max=math.nan)
+    return stats

@@ -1,0 +1,101 @@
+"""Distances between a candidate's shared update and the observed one (PAPER §4), plus the TV prior.
+
+Every objective takes two lists of tensors (one entry per parameter) and a weight per entry. Index selection
+(``def``, ``topN`` ...) and weighting (``equal``, ``linear``, ``exp``) are folded into that one weight vector,
+computed once per experiment from the observed update, so the objectives stay free of data-dependent indexing
+and run unchanged under ``torch.func.vmap`` across restarts and experiments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .config import INDEX_PATTERN
+
+Tensors = Sequence[torch.Tensor]
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum()
+
+
+def cosine_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
+    """1 − cosine similarity over the concatenation of all (weighted) tensors: magnitude-invariant."""
+    dot = sum(w[i] * _inner(g, t) for i, (g, t) in enumerate(zip(trial, target, strict=True)))
+    trial_norm = sum(w[i] * _inner(g, g) for i, g in enumerate(trial))
+    target_norm = sum(w[i] * _inner(t, t) for i, t in enumerate(target))
+    return 1 - dot / (trial_norm.sqrt() * target_norm.sqrt())
+
+
+def local_cosine_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
+    """Sum over tensors of w_i · (1 − cos(g_i, t_i)): every layer counts on its own."""
+    total = 0.0
+    for i, (g, t) in enumerate(zip(trial, target, strict=True)):
+        cos = _inner(g, t) / (g.pow(2).sum().sqrt() * t.pow(2).sum().sqrt())
+        total = total + w[i] * (1 - cos)
+    return total
+
+
+def squared_euclidean(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
+    """DLG's loss: Σ w_i ‖g_i − t_i‖²."""
+    return sum(w[i] * (g - t).pow(2).sum() for i, (g, t) in enumerate(zip(trial, target, strict=True)))
+
+
+def l1_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
+    return sum(w[i] * (g - t).abs().sum() for i, (g, t) in enumerate(zip(trial, target, strict=True)))
+
+
+def max_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
+    """The largest weighted absolute deviation over all entries (an ℓ∞ distance)."""
+    per_tensor = [w[i] * (g - t).abs().max() for i, (g, t) in enumerate(zip(trial, target, strict=True))]
+    return torch.stack(per_tensor).max()
+
+
+OBJECTIVES: dict[str, Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]] = {
+    "sim": cosine_distance,
+    "simlocal": local_cosine_distance,
+    "l2": squared_euclidean,
+    "l1": l1_distance,
+    "max": max_distance,
+}
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV of a [..., C, H, W] batch: mean |horizontal diff| + mean |vertical diff| (PAPER §4)."""
+    dx = (x[..., :, :, :-1] - x[..., :, :, 1:]).abs().mean()
+    dy = (x[..., :, :-1, :] - x[..., :, 1:, :]).abs().mean()
+    return dx + dy
+
+
+def _selection_mask(indices: str, target: Tensors) -> torch.Tensor:
+    """Which tensors enter the objective; ``topN`` ranks them by the observed update's norm."""
+    count = len(target)
+    match = INDEX_PATTERN.match(indices)
+    if match is None:
+        raise ValueError(f"unknown index selection {indices!r}")
+    mask = torch.zeros(count)
+    if indices == "def":
+        return mask + 1
+    kind = match.group(2) or "top"
+    k = min(int(match.group(3) or match.group(4)), count)
+    if kind == "first":
+        mask[:k] = 1
+    elif kind == "last":
+        mask[count - k :] = 1
+    else:
+        norms = torch.stack([t.detach().float().norm().cpu() for t in target])
+        mask[torch.topk(norms, k).indices] = 1
+    return mask
+
+
+def _scheme(weights: str, count: int) -> torch.Tensor:
+    """Layer weights: equal; linear decreasing from 1 (first layer) to 1/L; exp = softmax of the linear ones."""
+    linear = torch.arange(count, 0, -1, dtype=torch.float32) / count
+    return {"equal": torch.ones(count), "linear": linear, "exp": torch.softmax(linear, dim=0)}[weights]
+
+
+def layer_weights(indices: str, weights: str, target: Tensors) -> torch.Tensor:
+    """One weight per tensor (zero for unselected ones), the form every objective takes."""
+    return _selection_mask(indices, target) * _scheme(weights, len(target))

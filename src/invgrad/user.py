@@ -1,0 +1,28 @@
+"""The user side: what a federated-learning client computes and shares (the only thing the server sees)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy: the one loss both the user and the attacker use (never 0.5·CE on one side)."""
+    return F.cross_entropy(logits, labels)
+
+
+def shared_gradient(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """∇θ of the mean cross-entropy on ``images`` in eval mode, one tensor per parameter (FedSGD).
+
+    Eval mode because the paper's experiments do so (its issue #6): BatchNorm uses running statistics, so the
+    gradient does not depend on how the batch is composed beyond the images themselves.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        params = [p for p in model.parameters() if p.requires_grad]
+        loss = training_loss(model(images), labels)
+        grads = torch.autograd.grad(loss, params)
+    finally:
+        model.train(was_training)
+    return [g.detach() for g in grads]
