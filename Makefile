@@ -1,0 +1,43 @@
+# Two commands: `make` sets up .venv and runs the main job; `make test` sets up .venv and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Caches stay inside the project, never in the user's home by surprise.
+export TORCH_HOME := $(CURDIR)/.cache/torch
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export XDG_CACHE_HOME := $(CURDIR)/.cache
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all install run demo test lint bench clean
+
+all: run
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[workflow,dev]"
+	touch $@
+
+install: $(STAMP)
+
+run: demo
+
+# The quick offline demo: the paper's attack on an embedded CIFAR-10 image, written to figures/demo/.
+demo: $(STAMP)
+	$(BIN)/python scripts/reconstruct_image.py --model LeNetZhu --dataset embedded-CIFAR10 --target_id 0 \
+		--num_exp 4 --cost_fn sim --restarts 1 --max_iterations 1000 --tv 1e-2 --save_image --output figures/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/restarts.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache results/cli figures/demo
