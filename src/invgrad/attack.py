@@ -14,7 +14,7 @@ import torch
 
 from .config import make_config
 from .engine import Engine, Simulator, gradient_simulator, split_parameters
-from .labels import idlg_label
+from .labels import LABEL_STRATEGIES, idlg_label, last_layer_labels
 from .objectives import layer_weights
 
 Update = Sequence[torch.Tensor]
@@ -39,10 +39,15 @@ class GradientReconstructor:
         config: Mapping[str, Any] | str | None = None,
         num_images: int = 1,
         progress: bool = False,
+        defense: Any = None,
     ):
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        if defense is not None and not callable(getattr(defense, "simulate", None)):
+            raise ValueError(f"defense must be an invgrad.defenses.Defense (or None), got {defense!r}")
         self.model, self.num_images, self.progress = model, num_images, progress
+        # A defense the attacker knows of: its clipping/pruning are applied to the simulated update too.
+        self.defense = defense
         self.config = make_config(config)
         self.param_shapes = [p.shape for p in model.parameters() if p.requires_grad]
         reference = next(model.parameters())
@@ -53,26 +58,49 @@ class GradientReconstructor:
 
     # -- what differs between the FedSGD and FedAvg attacks -------------------------------------------------
     def _simulator(self) -> Simulator:
-        return gradient_simulator(self.model)
+        return self._defended(gradient_simulator(self.model))
 
-    def _recover_labels(self, update: Update) -> torch.Tensor:
+    def _defended(self, simulate: Simulator) -> Simulator:
+        """The simulator as an attacker aware of the defense sees it (unchanged when unaware)."""
+        if self.defense is None:
+            return simulate
+        defense = self.defense
+
+        def defended(params, buffers, x, labels):
+            return defense.simulate(simulate(params, buffers, x, labels))
+
+        return defended
+
+    def _label_evidence(self, update: Update) -> list[torch.Tensor]:
+        """A gradient-like view of the update for the label rules (the gradient itself for FedSGD)."""
+        return list(update)
+
+    def _recover_labels(self, update: Update, strategy: str = "idlg") -> torch.Tensor:
+        evidence = self._label_evidence(update)
+        if strategy == "last-layer":
+            return last_layer_labels(evidence, self.num_images)
         if self.num_images != 1:
             raise ValueError(
-                f"labels=None recovers the label of one image only (iDLG); got num_images={self.num_images}: "
-                "pass the labels"
+                f"labels=None / 'idlg' recovers the label of one image only (iDLG); got num_images={self.num_images}: "
+                "pass the labels, or labels='joint' or 'last-layer'"
             )
-        return idlg_label(update).reshape(1)
+        return idlg_label(evidence).reshape(1)
+
+    def describe(self) -> dict[str, Any]:
+        """The threat model this reconstructor assumes (reported in stats)."""
+        return {"threat_model": "fedsgd"}
 
     # -- public API ------------------------------------------------------------------------------------------
     def reconstruct(
         self,
         input_gradient: Update,
-        labels: torch.Tensor | Sequence[int] | None,
+        labels: torch.Tensor | Sequence[int] | str | None,
         img_shape: Sequence[int] = (3, 32, 32),
         restart_chunk: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        many_labels = labels if labels is None or isinstance(labels, str) else [labels]
         images, stats = self.reconstruct_many(
-            [input_gradient], None if labels is None else [labels], img_shape, restart_chunk=restart_chunk
+            [input_gradient], many_labels, img_shape, restart_chunk=restart_chunk
         )
         single = {key: (value[0] if key in _PER_EXPERIMENT else value) for key, value in stats.items()}
         return images[0], single
@@ -84,14 +112,35 @@ class GradientReconstructor:
         img_shape: Sequence[int] = (3, 32, 32),
         restart_chunk: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W]."""
+        """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W].
+
+        ``labels``: one label set per update (known labels), or a strategy for labels not granted — ``None`` /
+        ``'idlg'`` (iDLG, one image), ``'last-layer'`` (K most negative last-layer row sums, unique labels) or
+        ``'joint'`` (DLG: label logits optimised jointly with the images; the chosen restart's argmax is reported).
+        """
         img_shape = tuple(int(s) for s in img_shape)
         if len(input_gradients) == 0:
             raise ValueError("no update to attack: input_gradients is empty")
+        strategy = "idlg" if labels is None else labels if isinstance(labels, str) else "known"
+        if strategy not in LABEL_STRATEGIES:
+            raise ValueError(f"unknown label strategy {strategy!r}; choose one of {list(LABEL_STRATEGIES)}")
+        if strategy == "known" and isinstance(labels, str):
+            raise ValueError(
+                "labels='known' needs the label values themselves: pass one label set per update"
+            )
         updates = [self._check_update(u, i) for i, u in enumerate(input_gradients)]
         num_classes = self._probe(img_shape)
-        if labels is None:
-            label_rows = [self._recover_labels(u) for u in updates]
+        learn_labels = None
+        if strategy in ("last-layer", "joint") and self.num_images > num_classes:
+            raise ValueError(
+                f"labels={strategy!r} assumes unique labels: num_images={self.num_images} exceeds the "
+                f"{num_classes} classes of the model"
+            )
+        if strategy == "joint":
+            label_rows = [torch.zeros(self.num_images, dtype=torch.long) for _ in updates]  # placeholders
+            labels_known, learn_labels = False, num_classes
+        elif strategy != "known":
+            label_rows = [self._recover_labels(u, strategy) for u in updates]
             labels_known = False
         else:
             if len(labels) != len(updates):
@@ -119,19 +168,37 @@ class GradientReconstructor:
                 seed,
                 restart_chunk,
                 self.progress,
+                learn_labels=learn_labels,
             )
         finally:
             self.model.train(was_training)
         images, stats = self._select(result)
+        if result.label_logits is not None:
+            label_tensor, stats["label_probs"] = self._joint_labels(result, stats["chosen"])
         stats.update(
             labels=label_tensor.cpu(),
             labels_known=labels_known,
+            label_strategy=strategy,
+            threat_model=self.describe(),
             seed=seed,
             iterations=result.iterations,
             seconds=result.seconds,
             config=dict(self.config),
         )
         return images, stats
+
+    @staticmethod
+    def _joint_labels(result, chosen: list[int | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Argmax labels [E, K] and soft labels of the chosen restart (lowest finite loss when none was chosen)."""
+        rows, probs = [], []
+        for e, c in enumerate(chosen):
+            if c is None:
+                losses = torch.nan_to_num(result.reconstruction_loss[e], nan=math.inf)
+                c = int(torch.argmin(losses))
+            p = torch.softmax(result.label_logits[e, c], dim=-1)
+            rows.append(p.argmax(dim=-1))
+            probs.append(p.cpu())
+        return torch.stack(rows), torch.stack(probs)
 
     # -- selection -------------------------------------------------------------------------------------------
     def _select(self, result) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -214,7 +281,7 @@ class GradientReconstructor:
         return labels.long()
 
 
-_PER_EXPERIMENT = {"restart_losses", "restart_tv", "chosen", "failures", "opt", "labels"}
+_PER_EXPERIMENT = {"restart_losses", "restart_tv", "chosen", "failures", "opt", "labels", "label_probs"}
 
 
 def parameters_of(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -4,6 +4,12 @@ Example (the paper's quick start, offline data):
     python scripts/reconstruct_image.py --model LeNetZhu --dataset embedded-CIFAR10 --cost_fn sim \
         --indices def --restarts 1 --save_image --target_id 0 --tv 1e-2
 
+FedAvg (PAPER §5): ``--accumulation n --local_lr τ --batch_size B`` makes the simulated user share the update
+Δθ after n local SGD steps and attacks it with :class:`invgrad.FedAvgReconstructor`. Labels not granted:
+``--labels idlg|joint|last-layer``. User-side defenses: ``--defense_clip C --defense_noise σ --defense_prune p
+--defense_bits b`` (``--defense_aware`` tells the attacker). The paper's FedAvg branch used ``--lr 1``; here the
+attack step size stays the preset's unless ``--lr`` is given.
+
 Differences from the original, on purpose: ``--trained_model`` without a usable checkpoint is an error (the
 original silently attacked an untrained model); ``--signed``/``--boxed`` were store_false toggles whose help said
 the opposite — here ``--unsigned``/``--unboxed`` switch them off; every run writes metrics JSON and a PNG.
@@ -22,9 +28,11 @@ import torch
 from . import data, metrics
 from .attack import GradientReconstructor
 from .config import PRESETS, ConfigError, make_config
+from .defenses import Defense
+from .federated import FedAvgReconstructor, check_schedule, local_update
 from .io import image_grid, load_tensors, save_json, save_png, to_uint8
+from .labels import LABEL_STRATEGIES
 from .models import build_model
-from .user import shared_gradient
 
 # The paper's CLI names ImageNet's torchvision ResNets like the CIFAR ones; the data set disambiguates.
 IMAGENET_MODEL_ALIASES = {"ResNet18": "torchvision-resnet18", "ResNet152": "torchvision-resnet152"}
@@ -89,7 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
         "attacked in one batched call; 100 from 0 = the paper's 'first 100 validation images'",
     )
     p.add_argument(
-        "--labels", default="known", choices=["known", "idlg"], help="known = granted to the attacker"
+        "--labels",
+        default="known",
+        choices=list(LABEL_STRATEGIES),
+        help="known = granted to the attacker; idlg (1 image), joint (DLG soft labels), last-layer (K most "
+        "negative last-layer row sums, unique labels)",
+    )
+    p.add_argument(
+        "--accumulation",
+        type=int,
+        default=0,
+        help="FedAvg local steps n of the user (0 = share the plain gradient, FedSGD)",
+    )
+    p.add_argument("--local_lr", type=float, default=1e-4, help="FedAvg local learning rate τ")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=0,
+        help="FedAvg local mini-batch size (0 = full batch; must divide K)",
+    )
+    p.add_argument("--defense_clip", type=float, default=None, help="clip the shared update to this l2 norm")
+    p.add_argument(
+        "--defense_noise", type=float, default=0.0, help="std of Gaussian noise added to the update"
+    )
+    p.add_argument("--defense_prune", type=float, default=None, help="fraction of entries kept by magnitude")
+    p.add_argument("--defense_bits", type=int, default=None, help="uniform quantisation to this many bits")
+    p.add_argument("--defense_delta", type=float, default=1e-5, help="δ at which ε of the noise is reported")
+    p.add_argument(
+        "--defense_aware", action="store_true", help="the attacker simulates the defense's clipping/pruning"
     )
     p.add_argument(
         "--save_image", action="store_true", help="kept for the paper's CLI; PNGs are always written"
@@ -184,9 +219,39 @@ def _check_writable(folder: Path) -> None:
         raise PermissionError(f"output folder {folder} is not writable")
 
 
+def _threat_model(args) -> tuple[Defense, dict]:
+    """Check the FedAvg schedule, label strategy and defense before any work; returns the defense and its ε."""
+    if args.num_images < 1:
+        raise ValueError(f"--num_images must be at least 1, got {args.num_images}")
+    check_schedule(args.accumulation, args.local_lr, args.batch_size, args.num_images, allow_zero_steps=True)
+    if args.accumulation == 0 and args.batch_size != 0:
+        raise ValueError(
+            f"--batch_size {args.batch_size} needs --accumulation > 0 (the plain gradient uses the whole batch)"
+        )
+    if args.labels == "idlg" and args.num_images != 1:
+        raise ValueError(
+            f"--labels idlg recovers one image's label; got --num_images {args.num_images} (use joint or last-layer)"
+        )
+    defense = Defense(
+        clip=args.defense_clip,
+        noise=args.defense_noise,
+        prune=args.defense_prune,
+        bits=args.defense_bits,
+        seed=args.seed,
+    )
+    privacy = defense.privacy(args.defense_delta) if defense.active else None
+    return defense, {
+        **defense.as_dict(),
+        "active": defense.active,
+        "aware": args.defense_aware,
+        "privacy": privacy,
+    }
+
+
 def run(args) -> dict:
     """Validate everything, simulate the user, attack, score; write PNG + JSON. Returns the metrics."""
     cfg = _attack_config(args)
+    defense, defense_report = _threat_model(args)
     stats_name = args.stats or args.dataset.removeprefix("embedded-")
     info = data.dataset_info(stats_name)
     device = torch.device(args.device)
@@ -203,13 +268,30 @@ def run(args) -> dict:
     dm, ds = data.mean_std(info, device=device)
     truths = [images.to(device) for images, _, _ in experiments]
     labels = [lab.to(device) for _, lab, _ in experiments]
-    updates = [
-        shared_gradient(model, x, y) for x, y in zip(truths, labels, strict=True)
-    ]  # all the server sees
-    attacker = GradientReconstructor(model, (dm, ds), cfg, num_images=args.num_images, progress=args.progress)
+    updates = [  # all the server sees: the gradient (FedSGD) or Δθ (FedAvg), then the defense
+        local_update(model, x, y, args.accumulation, args.local_lr, args.batch_size)
+        for x, y in zip(truths, labels, strict=True)
+    ]
+    if defense.active:
+        noise = torch.Generator(device=device).manual_seed(args.seed)
+        updates = [defense.apply(u, generator=noise) for u in updates]
+    known = {"defense": defense if args.defense_aware and defense.active else None, "progress": args.progress}
+    if args.accumulation > 0:
+        attacker = FedAvgReconstructor(
+            model,
+            (dm, ds),
+            args.accumulation,
+            args.local_lr,
+            cfg,
+            num_images=args.num_images,
+            batch_size=args.batch_size,
+            **known,
+        )
+    else:
+        attacker = GradientReconstructor(model, (dm, ds), cfg, num_images=args.num_images, **known)
     start = time.perf_counter()
     outputs, stats = attacker.reconstruct_many(
-        updates, labels if args.labels == "known" else None, img_shape=tuple(truths[0].shape[1:])
+        updates, labels if args.labels == "known" else args.labels, img_shape=tuple(truths[0].shape[1:])
     )
     seconds = time.perf_counter() - start
 
@@ -243,6 +325,13 @@ def run(args) -> dict:
         "psnr_mean": metrics.summarize(psnr)["mean"],
         "ssim_mean": float(sum(exp["ssim_mean"] for exp in per_experiment) / len(per_experiment)),
         "rec_loss": stats["opt"][0],
+        "label_strategy": args.labels,
+        "label_accuracy_mean": float(
+            sum(exp["label_accuracy"] for exp in per_experiment) / len(per_experiment)
+        ),
+        "pairing": per_experiment[0]["pairing"],
+        "threat_model": stats["threat_model"],
+        "defense": defense_report,
         "experiments": per_experiment,
         "seed": stats["seed"],
         "seconds": seconds,

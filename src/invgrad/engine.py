@@ -59,6 +59,7 @@ class EngineResult:
     total_variation: torch.Tensor  # [E, R]
     seconds: float
     iterations: int
+    label_logits: torch.Tensor | None = None  # [E, R, K, classes] when labels were learned jointly (DLG)
 
 
 def median_filter3(x: torch.Tensor) -> torch.Tensor:
@@ -96,11 +97,26 @@ def initial_candidates(init: str, experiments: int, shape: Sequence[int], seed: 
     return torch.stack([draw(torch.Generator().manual_seed(seed + e)) for e in range(experiments)])
 
 
-def _make_optimizer(cfg: dict, x: torch.Tensor) -> torch.optim.Optimizer:
+LABEL_SEED_OFFSET = 2**31  # label logits of experiment e draw from seed + e + offset: independent of x0
+
+
+def initial_label_logits(experiments: int, shape: Sequence[int], seed: int) -> torch.Tensor:
+    """[E, *shape] N(0, 1) label logits for joint label optimisation (DLG), one generator per experiment, so
+    that batching experiments never changes a result (the same scheme as :func:`initial_candidates`)."""
+    return torch.stack(
+        [
+            torch.randn(shape, generator=torch.Generator().manual_seed(seed + e + LABEL_SEED_OFFSET))
+            for e in range(experiments)
+        ]
+    )
+
+
+def _make_optimizer(cfg: dict, x: torch.Tensor, *extra: torch.Tensor) -> torch.optim.Optimizer:
+    tensors = [x, *extra]
     factories = {
-        "adam": lambda: torch.optim.Adam([x], lr=cfg["lr"]),
-        "sgd": lambda: torch.optim.SGD([x], lr=cfg["lr"], momentum=0.9, nesterov=True),
-        "lbfgs": lambda: torch.optim.LBFGS([x], lr=cfg["lr"]),
+        "adam": lambda: torch.optim.Adam(tensors, lr=cfg["lr"]),
+        "sgd": lambda: torch.optim.SGD(tensors, lr=cfg["lr"], momentum=0.9, nesterov=True),
+        "lbfgs": lambda: torch.optim.LBFGS(tensors, lr=cfg["lr"]),
     }
     return factories[cfg["optim"]]()
 
@@ -127,6 +143,16 @@ class Engine:
         self._step = vmap(vmap(grad_and_value(per_restart, has_aux=True), in_dims=over_restarts))
         self._value = vmap(vmap(per_restart, in_dims=over_restarts))
 
+        def per_restart_soft(x_r, z_r, target, weights):
+            """Joint label optimisation: the simulator sees soft labels softmax(z_r) [K, classes]."""
+            return per_restart(x_r, target, torch.softmax(z_r, dim=-1), weights)
+
+        over_both = (0, 0, None, None)
+        self._step_soft = vmap(
+            vmap(grad_and_value(per_restart_soft, argnums=(0, 1), has_aux=True), in_dims=over_both)
+        )
+        self._value_soft = vmap(vmap(per_restart_soft, in_dims=over_both))
+
     def run(
         self,
         targets: list[torch.Tensor],
@@ -137,8 +163,15 @@ class Engine:
         seed: int,
         restart_chunk: int | None = None,
         progress: bool = False,
+        learn_labels: int | None = None,
     ) -> EngineResult:
-        """targets: one tensor per parameter with a leading experiment axis E; labels [E, K]; weights [E, L]."""
+        """targets: one tensor per parameter with a leading experiment axis E; labels [E, K]; weights [E, L].
+
+        ``learn_labels=C``: labels are unknown; each restart also optimises label logits [K, C] (DLG), drawn
+        N(0, 1) per experiment from the seed, stepped by the same optimizer (signed too when ``signed``), and fed
+        to the simulator as softmax soft labels; ``labels`` is then ignored. The logits come back in
+        ``EngineResult.label_logits``.
+        """
         cfg = self.cfg
         experiments, restarts = labels.shape[0], cfg["restarts"]
         reference = targets[0]
@@ -147,19 +180,37 @@ class Engine:
         groups = self._groups(experiments, restarts, restart_chunk)
         start = time.perf_counter()
         finals = torch.empty_like(x0)
+        z0 = z_finals = None
+        if learn_labels is not None:
+            z0 = initial_label_logits(experiments, (restarts, num_images, learn_labels), seed)
+            z0 = z0.to(device=reference.device, dtype=reference.dtype)
+            z_finals = torch.empty_like(z0)
         bar = tqdm(
             total=len(groups) * cfg["max_iterations"], disable=not progress, desc="reconstruct", unit="it"
         )
         with bar, flushed_denormals():
             for e_slice, r_slice in groups:
                 group_targets = [t[e_slice] for t in targets]
-                finals[e_slice, r_slice] = self._optimise(
-                    x0[e_slice, r_slice], group_targets, labels[e_slice], weights[e_slice], bar
-                )
+                if z0 is None:
+                    finals[e_slice, r_slice] = self._optimise(
+                        x0[e_slice, r_slice], group_targets, labels[e_slice], weights[e_slice], bar
+                    )
+                else:
+                    finals[e_slice, r_slice], z_finals[e_slice, r_slice] = self._optimise_joint(
+                        x0[e_slice, r_slice], z0[e_slice, r_slice], group_targets, weights[e_slice], bar
+                    )
         with torch.no_grad(), flushed_denormals():
-            _, (rec, tv) = self._value(finals, targets, labels, weights)
+            if z0 is None:
+                _, (rec, tv) = self._value(finals, targets, labels, weights)
+            else:
+                _, (rec, tv) = self._value_soft(finals, z_finals, targets, weights)
         return EngineResult(
-            finals, rec.detach(), tv.detach(), time.perf_counter() - start, cfg["max_iterations"]
+            finals,
+            rec.detach(),
+            tv.detach(),
+            time.perf_counter() - start,
+            cfg["max_iterations"],
+            None if z_finals is None else z_finals.detach(),
         )
 
     def _groups(self, experiments: int, restarts: int, chunk: int | None) -> list[tuple[slice, slice]]:
@@ -195,3 +246,31 @@ class Engine:
                     x.copy_(median_filter3(x))
             bar.update(1)
         return x.detach()
+
+    def _optimise_joint(self, x0, z0, targets, weights, bar) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`_optimise`, with the label logits as a second optimised tensor (never boxed or filtered)."""
+        cfg = self.cfg
+        x = x0.clone().requires_grad_(True)
+        z = z0.clone().requires_grad_(True)
+        optimizer = _make_optimizer(cfg, x, z)
+        scheduler = None
+        if cfg["lr_decay"]:
+            milestones = lr_milestones(cfg["max_iterations"])
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+        def closure():
+            (gx, gz), (loss, _) = self._step_soft(x.detach(), z.detach(), targets, weights)
+            x.grad, z.grad = (gx.sign(), gz.sign()) if cfg["signed"] else (gx, gz)
+            return loss.sum()
+
+        for iteration in range(cfg["max_iterations"]):
+            optimizer.step(closure)
+            if scheduler is not None:
+                scheduler.step()
+            with torch.no_grad():
+                if cfg["boxed"]:
+                    x.clamp_(min=self.lower, max=self.upper)
+                if cfg["filter"] == "median" and (iteration + 1) % MEDIAN_FILTER_EVERY == 0:
+                    x.copy_(median_filter3(x))
+            bar.update(1)
+        return x.detach(), z.detach()

@@ -1,0 +1,123 @@
+"""Collect one experiment's per-image JSONs into tables: images.csv (one row per image) and table.csv (per cell).
+
+python scripts/make_table.py --experiment table1 --out results/table1/table.csv results/table1/*/*.json
+Statistics per cell: invgrad.metrics.summarize (mean, np.std, median, min, max, failures); "not run" cells keep
+their reason and no numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from invgrad.metrics import summarize
+
+
+def axes(record: dict) -> list[dict]:
+    """The grid coordinates of a record (one dict per sweep the cell belongs to)."""
+    spec = record["spec"]
+    victim = record.get("victim") or {}
+    row = {
+        "experiment": record["experiment"],
+        "cell": record["cell"],
+        "target": record["target"],
+        "status": record["status"],
+        "reason": record.get("reason", ""),
+        "model": record["model"],
+        "weights": record["weights"],
+        "victim_accuracy": victim.get("val_accuracy"),
+        "victim_epochs": victim.get("epochs"),
+        "victim_training_images": victim.get("training_images"),
+        "iterations": spec["attack"]["max_iterations"],
+        "restarts": spec["attack"]["restarts"],
+        "tv": spec["attack"]["total_variation"],
+        "note": spec.get("note", ""),
+    }
+    for key in ("psnr", "ssim_mean", "mse_mean", "fmse", "rec_loss", "seconds"):
+        row[key] = record.get(key)
+    row["ssim"] = row.pop("ssim_mean")
+    row["mse"] = row.pop("mse_mean")
+    if record["experiment"] == "table1":
+        row["method"] = spec["method"]
+    if spec.get("fedavg"):
+        fed, k = spec["fedavg"], spec["selection"]["per_user"]
+        row.update(
+            local_steps=fed["local_steps"], local_lr=fed["local_lr"], images=k, batch_size=fed["batch_size"]
+        )
+        row["local_epochs"] = (
+            fed["local_steps"] if fed["batch_size"] == 0 else fed["local_steps"] * fed["batch_size"] / k
+        )
+    if record["experiment"] == "batch":
+        row["images"] = spec["selection"]["per_user"]
+        per_image = [v for v in record.get("psnr_per_image", []) if v == v]
+        row["psnr_max"] = max(per_image) if per_image else float("nan")
+    if record["experiment"] == "defenses":
+        row.update(defense=spec["defense_kind"], level=spec["defense_value"])
+        row["epsilon"] = (record.get("privacy") or {}).get("epsilon")
+    if record["experiment"] == "imagenet":
+        row["image_size"] = spec.get("image_size")
+    sweeps = spec.get("sweeps")
+    if sweeps:
+        return [{**row, "axis": s["axis"], "value": s["value"]} for s in sweeps]
+    return [row]
+
+
+GROUP_KEYS = {
+    "table1": ["model", "weights", "method"],
+    "fedavg": ["local_steps", "local_lr", "images", "batch_size", "local_epochs"],
+    "architecture": ["axis", "value", "model", "weights"],
+    "defenses": ["defense", "level"],
+    "imagenet": ["model", "image_size"],
+    "batch": ["model", "weights", "images"],
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True, help="table.csv (images.csv is written beside it)")
+    p.add_argument("records", nargs="+")
+    args = p.parse_args(argv)
+    rows = []
+    for path in args.records:
+        record = json.loads(Path(path).read_text())
+        rows += axes(record)
+    images = pd.DataFrame(rows)
+    out = Path(args.out)
+    images.to_csv(out.with_name("images.csv"), index=False)
+    keys = ["cell", *[k for k in GROUP_KEYS.get(args.experiment, []) if k in images.columns]]
+    table = []
+    for key, group in images.groupby(keys, sort=False, dropna=False):
+        entry = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        ran = group[group.status != "not run"]
+        if ran.empty:
+            entry.update(status="not run", reason=group.reason.iloc[0], n=len(group))
+        else:
+            stats = summarize(ran.psnr.astype(float).tolist())
+            entry.update(
+                status="ok",
+                reason="",
+                **{f"psnr_{k}" if k not in ("n", "failures") else k: v for k, v in stats.items()},
+            )
+            entry.update(
+                ssim_mean=float(ran.ssim.astype(float).mean()),
+                seconds_per_image=float(ran.seconds.astype(float).mean()),
+                victim_accuracy=ran.victim_accuracy.iloc[0],
+                iterations=int(ran.iterations.iloc[0]),
+                restarts=int(ran.restarts.iloc[0]),
+                tv=float(ran.tv.iloc[0]),
+            )
+            for extra in ("epsilon", "psnr_max"):
+                if extra in ran.columns:
+                    entry[extra] = ran[extra].iloc[0]
+        table.append(entry)
+    pd.DataFrame(table).to_csv(out, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""User-side defenses applied to the shared update before it leaves the device (composable with FedSGD/FedAvg).
+
+Order of operations (fixed, documented): clip the whole update to ℓ2 norm ≤ C → add Gaussian noise N(0, σ²) to
+every entry → top-k pruning (keep the fraction p of largest-magnitude entries of each tensor) → uniform b-bit
+quantisation of each tensor. Clip + noise is the Gaussian mechanism; pruning and quantisation come after it, so
+they are post-processing and the (ε, δ) of the release is exactly that of the Gaussian mechanism.
+
+Privacy of one release: the update, clipped to norm C, has ℓ2 sensitivity C under add/remove-one-user adjacency
+(a user's whole contribution is present or absent), so noise σ is the Gaussian mechanism with noise multiplier
+z = σ / C. ε at a given δ comes from Google's ``dp-accounting`` library (privacy-loss-distribution accountant,
+tight for one Gaussian release) when it is installed and z ≥ 0.25, else from the exact analytic characterisation of
+the Gaussian mechanism (Balle & Wang 2018, Theorem 8) implemented here; both are reported and agree to ~1e-8.
+Without clipping the sensitivity is unbounded and ε = inf.
+
+The attack is unaware of the defense unless told: a reconstructor built with ``defense=Defense(...)`` applies the
+deterministic, differentiable parts (clipping, pruning) to its own simulated update — noise cannot be simulated and
+quantisation has no useful derivative, so those stay unmodelled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+MAX_BITS = 16
+
+
+def _number(name: str, value, low: float, high: float, low_open: bool, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Defense:
+    """``clip`` C > 0 (None: no clipping), ``noise`` σ ≥ 0 (absolute std), ``prune`` p ∈ (0, 1] fraction kept
+    (None: no pruning), ``bits`` b ∈ [1, 16] (None: full precision), ``seed`` for the noise."""
+
+    clip: float | None = None
+    noise: float = 0.0
+    prune: float | None = None
+    bits: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.clip is not None:
+            _number("defense clip (norm bound C)", self.clip, 0.0, math.inf, low_open=True, high_open=True)
+        _number("defense noise (std σ)", self.noise, 0.0, math.inf, low_open=False, high_open=True)
+        if self.prune is not None:
+            _number("defense prune (fraction kept p)", self.prune, 0.0, 1.0, low_open=True)
+        if self.bits is not None and (
+            isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS
+        ):
+            raise ValueError(f"defense bits must be an integer in [1, {MAX_BITS}], got {self.bits!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ValueError(f"defense seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.clip is not None or self.noise > 0 or self.prune is not None or self.bits is not None
+
+    # -- the user side -------------------------------------------------------------------------------------------
+    def apply(
+        self, update: Sequence[torch.Tensor], generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
+        """The defended update (new tensors; the input is untouched)."""
+        out = [torch.as_tensor(t).detach().clone() for t in update]
+        if self.clip is not None:
+            out = clip_update(out, self.clip)
+        if self.noise > 0:
+            if generator is None:
+                generator = torch.Generator(device=out[0].device)
+                generator.manual_seed(self.seed if self.seed is not None else int(torch.seed() % 2**62))
+            out = [
+                t + self.noise * torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+                for t in out
+            ]
+        if self.prune is not None:
+            out = prune_update(out, self.prune)
+        if self.bits is not None:
+            out = quantize_update(out, self.bits)
+        return out
+
+    def privacy(self, delta: float = 1e-5) -> dict:
+        """(ε, δ) of one release (see module docstring)."""
+        _number("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
+        if self.clip is None or self.noise == 0:
+            reason = "no clipping: unbounded sensitivity" if self.clip is None else "no noise"
+            return {"epsilon": math.inf, "delta": delta, "noise_multiplier": None, "accountant": reason}
+        z = self.noise / self.clip
+        eps, accountant = gaussian_epsilon(z, delta)
+        return {
+            "epsilon": eps,
+            "delta": delta,
+            "noise_multiplier": z,
+            "epsilon_analytic": analytic_gaussian_epsilon(z, delta),
+            "accountant": accountant,
+            "adjacency": "add/remove one user, sensitivity = clip",
+        }
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    # -- what an informed attacker can simulate -----------------------------------------------------------------
+    def simulate(self, update: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Clip and prune, differentiably and vmap-safe (no noise, no quantisation)."""
+        out = list(update)
+        if self.clip is not None:
+            norm_ = torch.sqrt(sum(t.pow(2).sum() for t in out))
+            scale = torch.clamp(self.clip / (norm_ + 1e-12), max=1.0)
+            out = [t * scale for t in out]
+        if self.prune is not None:
+            out = [t * _keep_mask(t, self.prune) for t in out]
+        return out
+
+
+def clip_update(update: Sequence[torch.Tensor], bound: float) -> list[torch.Tensor]:
+    """Scale the whole update (all tensors together) to ℓ2 norm ≤ ``bound``."""
+    total = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update))
+    scale = min(1.0, bound / total) if total > 0 else 1.0
+    return [t * scale for t in update]
+
+
+def _keep_mask(t: torch.Tensor, fraction: float) -> torch.Tensor:
+    flat = t.reshape(-1)
+    k = max(1, math.ceil(fraction * flat.numel()))
+    threshold = torch.topk(flat.abs(), k).values[-1]
+    return (t.abs() >= threshold).to(t.dtype)
+
+
+def prune_update(update: Sequence[torch.Tensor], fraction: float) -> list[torch.Tensor]:
+    """Top-k pruning per tensor: keep the ⌈p·n⌉ largest-magnitude entries (ties at the threshold kept), zero the rest."""
+    return [t * _keep_mask(t, fraction) for t in update]
+
+
+def quantize_update(update: Sequence[torch.Tensor], bits: int) -> list[torch.Tensor]:
+    """Uniform quantisation of each tensor to 2^b levels spanning [min, max] (round to nearest).
+
+    A constant tensor is returned unchanged (one level represents it exactly).
+    """
+    levels = 2**bits - 1
+    out = []
+    for t in update:
+        lo, hi = t.min(), t.max()
+        step = (hi - lo) / levels
+        if float(step) == 0.0:
+            out.append(t.clone())
+            continue
+        out.append(lo + torch.round((t - lo) / step) * step)
+    return out
+
+
+# -- (ε, δ) of one Gaussian release -----------------------------------------------------------------------------
+def _analytic_delta(eps: float, z: float) -> float:
+    """δ(ε) of the Gaussian mechanism with noise multiplier z (Balle & Wang 2018, Thm 8)."""
+    a, b = 1.0 / (2 * z), eps * z
+    # Φ(a − b) − e^ε Φ(−a − b), computed with log-survival terms to stay finite for large ε.
+    first = norm.cdf(a - b)
+    second = math.exp(eps + norm.logcdf(-a - b)) if eps + norm.logcdf(-a - b) > -745 else 0.0
+    return first - second
+
+
+def analytic_gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """Smallest ε with δ(ε) ≤ δ, by bisection on the exact formula (own implementation)."""
+    z = _number("noise multiplier", noise_multiplier, 0.0, math.inf, low_open=True, high_open=True)
+    if _analytic_delta(0.0, z) <= delta:
+        return 0.0
+    high = 1.0
+    while _analytic_delta(high, z) > delta:
+        high *= 2
+        if high > 1e15:
+            return math.inf
+    return float(brentq(lambda e: _analytic_delta(e, z) - delta, 0.0, high, xtol=1e-12, rtol=1e-12))
+
+
+PLD_MIN_NOISE_MULTIPLIER = (
+    0.25  # below, the PLD accountant's grid needs > 0.3 GB (0.7 GB at z = 0.1; OOM at 0.01)
+)
+
+
+def gaussian_epsilon(noise_multiplier: float, delta: float) -> tuple[float, str]:
+    """ε of one Gaussian release: dp-accounting's PLD accountant if installed (and z ≥ 0.25, where its memory
+    stays small), else the exact analytic formula — ε > 25 there, i.e. no meaningful privacy either way."""
+    analytic = "analytic Gaussian mechanism (Balle & Wang 2018, own implementation)"
+    if noise_multiplier < PLD_MIN_NOISE_MULTIPLIER:
+        return analytic_gaussian_epsilon(noise_multiplier, delta), analytic
+    try:
+        from dp_accounting import dp_event
+        from dp_accounting.pld import pld_privacy_accountant
+    except ImportError:
+        return analytic_gaussian_epsilon(noise_multiplier, delta), analytic
+    accountant = pld_privacy_accountant.PLDAccountant()
+    accountant.compose(dp_event.GaussianDpEvent(noise_multiplier))
+    return float(accountant.get_epsilon(delta)), "dp-accounting PLDAccountant"

@@ -1,0 +1,77 @@
+"""The conservative recipe, checkpoints (weights_only round trip, 'not run' records) and the experiment plan."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from invgrad import data, experiments, training
+from invgrad.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_milestones_match_the_paper():
+    assert training.milestones(120) == [44, 74, 105]
+
+
+def test_train_improves_loss_and_checkpoint_round_trips(tmp_path):
+    dataset = data.load_dataset("embedded-CIFAR10")
+    model = build_model("LeNetZhu", seed=0)
+    history = training.train(model, dataset, epochs=2, seed=0, batch_size=8, log=lambda m: None)
+    assert len(history["loss"]) == 2 and all(map(lambda v: v == v, history["loss"]))
+    path = training.save_checkpoint(
+        tmp_path / "v.pt", model, {"status": "ok", "epochs": 2, "architecture": "LeNetZhu"}
+    )
+    state, meta = training.load_checkpoint(path)
+    assert meta["epochs"] == 2 and (tmp_path / "v.json").exists()
+    fresh = build_model("LeNetZhu", seed=1)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    assert 0.0 <= training.evaluate(model, dataset) <= 1.0
+
+
+def test_not_run_checkpoint_marks_trained_cells(tmp_path):
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    spec = copy.deepcopy(experiments.plan(config)["table1"]["LeNetZhu_trained_ours"])
+    spec["victim"] = str(tmp_path / "victim.pt")
+    training.save_checkpoint(
+        spec["victim"],
+        None,
+        {"status": "not run", "reason": "not run: needs the CIFAR10 training split (see README)"},
+    )
+    records = experiments.run_cell(spec, "LeNetZhu_trained_ours", tmp_path / "cell", log=lambda m: None)
+    assert [r["status"] for r in records] == ["not run", "not run"]
+    assert "training split" in records[0]["reason"]
+
+
+def test_plan_names_cells_after_their_settings():
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cells = experiments.validate(config)
+    assert "LeNetZhu_untrained_ours" in cells["table1"]
+    assert any(c.startswith("n3_lr0.0001_K2_B0") for c in cells["fedavg"])
+    assert set(cells) == set(experiments.ATTACK_EXPERIMENTS)
+
+
+def test_unknown_model_is_one_clear_error():
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["experiments"]["table1"]["models"] = ["NoSuchNet"]
+    with pytest.raises(experiments.PlanError, match="unknown model 'NoSuchNet'"):
+        experiments.validate(config)
+
+
+def test_quick_and_paper_configs_share_keys():
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k not in ("methods",):
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    quick, paper, test = (
+        yaml.safe_load((ROOT / f"config/{n}.yaml").read_text()) for n in ("config", "paper", "test")
+    )
+    assert keys(quick) == keys(paper) == keys(test)

@@ -1,0 +1,121 @@
+"""The Snakemake DAG: schema errors at start, dry runs of both configs, the whole DAG on config/test.yaml, and a
+targeted rerun that touches only its own job.
+
+The whole-DAG test (``test_whole_dag_on_test_config``) runs every experiment end to end on the tiny test config
+(a few minutes on 2 cores); it is part of the normal suite on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = shutil.which("snakemake", path=str(BIN)) or shutil.which("snakemake")
+pytestmark = pytest.mark.skipif(
+    SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[workflow])"
+)
+EXPERIMENTS = ("table1", "fedavg", "imagenet", "batch", "architecture", "defenses", "analytic", "labels")
+
+
+def project_copy(tmp: Path) -> Path:
+    for name in ("workflow", "scripts", "notebooks", "config"):
+        shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__", ".snakemake"))
+    return tmp
+
+
+def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["MPLCONFIGDIR"] = str(cwd / ".cache" / "matplotlib")
+    return subprocess.run(
+        [SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return project_copy(tmp_path_factory.mktemp("project"))
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/test.yaml"])
+def test_dry_run_lists_every_experiment(project, configfile):
+    result = snakemake(project, "-n", "--configfile", configfile)
+    assert result.returncode == 0, result.stderr + result.stdout
+    for experiment in EXPERIMENTS:
+        assert f"figure_{experiment}" in result.stdout
+
+
+def test_dry_run_of_the_paper_config(tmp_path):
+    project = project_copy(tmp_path)
+    (project / "data/raw/imagenet/val/n01440764").mkdir(
+        parents=True
+    )  # the paper config needs an ImageNet folder
+    result = snakemake(project, "-n", "--configfile", "config/paper.yaml")
+    assert result.returncode == 0, result.stderr + result.stdout
+    for experiment in EXPERIMENTS:
+        assert f"figure_{experiment}" in result.stdout
+    assert "results/table1/ResNet20-4_trained_zhu/99.json" in result.stdout
+
+
+def test_missing_imagenet_folder_fails_at_start(tmp_path):
+    project = project_copy(tmp_path)
+    result = snakemake(project, "-n", "--configfile", "config/paper.yaml")
+    assert result.returncode != 0
+    assert "image folder data/raw/imagenet/val does not exist" in result.stderr + result.stdout
+    assert not (project / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("bogus_key: 1\n", "Additional properties are not allowed ('bogus_key' was unexpected)"),
+        ("threads: 0\n", "0 is less than the minimum of 1"),
+    ],
+)
+def test_bad_config_fails_at_start_with_the_schema_message(tmp_path, edit, message):
+    project = project_copy(tmp_path)
+    bad = project / "config/bad.yaml"
+    bad.write_text(edit)
+    result = snakemake(project, "-n", "--configfile", "config/test.yaml", "config/bad.yaml")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (project / "results").exists()
+
+
+def test_unknown_model_fails_at_start(tmp_path):
+    project = project_copy(tmp_path)
+    (project / "config/bad.yaml").write_text("experiments:\n  labels:\n    models: [NoSuchNet]\n")
+    result = snakemake(project, "-n", "--configfile", "config/test.yaml", "config/bad.yaml")
+    assert result.returncode != 0
+    assert "unknown model 'NoSuchNet'" in result.stderr + result.stdout
+
+
+@pytest.mark.workflow
+def test_whole_dag_on_test_config(project):
+    """Whole DAG (every experiment, notebooks, report) on config/test.yaml; then a targeted rerun of one cell."""
+    result = snakemake(project, "--cores", "2", "--configfile", "config/test.yaml", timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = (project / "figures/REPORT.md").read_text()
+    assert "| claim (PAPER §8) |" in report and "Runtime per stage" in report
+    for experiment in EXPERIMENTS:
+        assert (project / f"results/{experiment}/table.csv").exists()
+        assert (project / f"results/{experiment}/{experiment}.ipynb").exists()
+    assert (project / "figures/table1_psnr.png").exists() and (project / "figures/table1_psnr.pdf").exists()
+    assert (project / "results/table1/LeNetZhu_untrained_ours/0.json").exists()
+
+    # Nothing to do on a second call.
+    again = snakemake(project, "-n", "--configfile", "config/test.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A targeted rerun of one cell runs exactly that attack job (and what depends on it), nothing else.
+    target = "results/table1/LeNetZhu_untrained_ours/0.json"
+    plan = snakemake(project, "-n", "--configfile", "config/test.yaml", "--forcerun", target, "--", target)
+    text = plan.stdout
+    assert plan.returncode == 0, plan.stderr
+    assert "attack_table1" in text and "attack_fedavg" not in text and "train_victim" not in text

@@ -1,0 +1,75 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from invgrad import experiments
+
+# Caches stay inside the project (matplotlib, torch hub, papermill/jupyter).
+os.environ.setdefault("MPLCONFIGDIR", str(Path(".cache/matplotlib").resolve()))
+os.environ.setdefault("TORCH_HOME", str(Path(".cache/torch").resolve()))
+os.environ.setdefault("JUPYTER_CONFIG_DIR", str(Path(".cache/jupyter").resolve()))
+
+
+# One clear message for a bad config, before anything is written: schema first, then what only the library knows.
+validate(config, schema="../schemas/config.schema.yaml")
+try:
+    CELLS = experiments.validate(config)
+except experiments.PlanError as error:
+    sys.exit(f"error: {error}")
+
+ENV = "../envs/invgrad.yaml"
+COMPUTE = experiments.compute_specs(config)
+VICTIMS = experiments.victims(config, CELLS)
+TARGETS = experiments.targets(config, CELLS)
+CONFIG_LABEL = ", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
+GPU = 1 if str(config["device"]).startswith("cuda") else 0
+NOTEBOOK_EXPERIMENTS = list(CELLS) + list(COMPUTE)
+
+for _dataset in ("CIFAR10", "CIFAR100"):
+    _available, _why = experiments.training_data_status(config, _dataset)
+    if not _available and any(v["dataset"] == _dataset for v in VICTIMS.values()):
+        print(
+            f"note: trained {_dataset} cells will be marked '{_why}'", file=sys.stderr
+        )
+
+
+def spec_json(experiment, cell):
+    return json.dumps(CELLS[experiment][cell], sort_keys=True)
+
+
+def cell_outputs(experiment):
+    """Per-image JSONs of one cell (pattern with {cell}) — every cell of an experiment has the same targets."""
+    names = next(iter(CELLS[experiment].values()))["selection"]["names"]
+    return expand(f"results/{experiment}/{{{{cell}}}}/{{name}}.json", name=names)
+
+
+def victim_of(experiment):
+    def inputs(wildcards):
+        path = CELLS[experiment][wildcards.cell]["victim"]
+        return [path] if path else []
+
+    return inputs
+
+
+def extraction_flag(dataset):
+    """The extraction flag when the training folder must first be unpacked from data.archives.<dataset>."""
+    source = config["data"]["train"].get(dataset) or ""
+    archive = config["data"]["archives"].get(dataset)
+    if (
+        not source.startswith("image-folder:")
+        or not archive
+        or not Path(archive).is_file()
+    ):
+        return []
+    if Path(source.split(":", 1)[1]).is_dir():
+        return []
+    return [f"{config['data']['root']}/.{dataset}.extracted"]
+
+
+def cell_images(experiment):
+    return [
+        f"results/{experiment}/{cell}/images.pt" for cell in CELLS.get(experiment, {})
+    ]

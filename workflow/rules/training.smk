@@ -1,0 +1,40 @@
+rule extract_training_data:
+    """Unpack data.archives.<dataset> (an image-folder tarball) into data.root, once."""
+    input:
+        archive=lambda w: config["data"]["archives"][w.dataset],
+    output:
+        flag=f"{config['data']['root']}/.{{dataset}}.extracted",
+    log:
+        "logs/data/extract_{dataset}.log",
+    benchmark:
+        "benchmarks/out/data/extract_{dataset}.tsv"
+    conda:
+        ENV
+    params:
+        root=lambda w, output: os.path.dirname(output.flag),
+    shell:
+        "python scripts/extract_data.py --archive {input.archive} --root {params.root} "
+        "--flag {output.flag} > {log} 2>&1"
+
+
+rule train_victim:
+    """Conservative recipe (PAPER §7); without training data the checkpoint records 'not run'."""
+    input:
+        lambda w: extraction_flag(w.dataset),
+    output:
+        checkpoint="results/victims/{dataset}/{model}_e{epochs}.pt",
+        meta="results/victims/{dataset}/{model}_e{epochs}.json",
+    log:
+        "logs/train/{dataset}_{model}_e{epochs}.log",
+    benchmark:
+        "benchmarks/out/train/{dataset}_{model}_e{epochs}.tsv"
+    conda:
+        ENV
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    params:
+        spec=lambda w, output: json.dumps(VICTIMS[output.checkpoint]),
+    shell:
+        "python scripts/train_victim.py --spec {params.spec:q} --out {output.checkpoint} "
+        "--threads {threads} > {log} 2>&1"
