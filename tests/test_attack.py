@@ -211,3 +211,46 @@ def test_resnet_with_batchnorm_is_attackable(cifar_samples, cifar_stats):
         update, labels[:1]
     )
     assert out.shape == (1, 3, 32, 32) and stats["failures"] == 0
+
+
+def test_interrupted_attack_resumes_bit_identical(lenet, cifar_samples, cifar_stats, tmp_path):
+    """A run stopped after 12 of 30 iterations (its state saved every 4) and resumed ends exactly where an
+    uninterrupted run ends: images and losses equal to the bit."""
+    images, labels = cifar_samples
+    updates = [shared_gradient(lenet, images[i : i + 1], labels[i : i + 1]) for i in range(2)]
+    label_sets = [labels[i : i + 1] for i in range(2)]
+    state = tmp_path / "attack_state.pt"
+    full, full_stats = GradientReconstructor(
+        lenet, cifar_stats, _config(restarts=2, max_iterations=30)
+    ).reconstruct_many(updates, label_sets)
+
+    class Preempted(Exception):
+        pass
+
+    def stop_after_12(self, group, iteration, *args, **kwargs):
+        original(self, group, iteration, *args, **kwargs)
+        if iteration == 12:
+            raise Preempted
+
+    original = engine.ResumeState.checkpoint
+    attacker = GradientReconstructor(lenet, cifar_stats, _config(restarts=2, max_iterations=30))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.ResumeState, "checkpoint", stop_after_12)
+        with pytest.raises(Preempted):
+            attacker.reconstruct_many(updates, label_sets, state_path=state, save_every=4)
+    assert state.exists()
+    resumed, resumed_stats = attacker.reconstruct_many(updates, label_sets, state_path=state, save_every=4)
+    assert torch.equal(resumed, full)
+    assert resumed_stats["restart_losses"] == full_stats["restart_losses"]
+    assert not state.exists()  # removed once the attack finished
+
+
+def test_state_of_another_attack_is_refused(lenet, cifar_samples, cifar_stats, tmp_path):
+    images, labels = cifar_samples
+    update = shared_gradient(lenet, images[:1], labels[:1])
+    state = tmp_path / "state.pt"
+    engine.ResumeState(state, "some-other-attack", 1).checkpoint(
+        0, 1, [torch.zeros(1)], torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), None
+    )
+    with pytest.raises(ValueError, match="different attack"):
+        GradientReconstructor(lenet, cifar_stats, _config()).reconstruct(update, labels[:1], state_path=state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,10 +98,12 @@ class GradientReconstructor:
         labels: torch.Tensor | Sequence[int] | str | None,
         img_shape: Sequence[int] = (3, 32, 32),
         restart_chunk: int | None = None,
+        state_path: str | Path | None = None,
+        save_every: int = 500,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         many_labels = labels if labels is None or isinstance(labels, str) else [labels]
         images, stats = self.reconstruct_many(
-            [input_gradient], many_labels, img_shape, restart_chunk=restart_chunk
+            [input_gradient], many_labels, img_shape, restart_chunk, state_path, save_every
         )
         single = {key: (value[0] if key in _PER_EXPERIMENT else value) for key, value in stats.items()}
         return images[0], single
@@ -111,8 +114,13 @@ class GradientReconstructor:
         labels: Sequence[Any] | None,
         img_shape: Sequence[int] = (3, 32, 32),
         restart_chunk: int | None = None,
+        state_path: str | Path | None = None,
+        save_every: int = 500,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W].
+
+        ``state_path``: snapshot the optimisation there every ``save_every`` iterations and resume from it if it
+        exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success.
 
         ``labels``: one label set per update (known labels), or a strategy for labels not granted — ``None`` /
         ``'idlg'`` (iDLG, one image), ``'last-layer'`` (K most negative last-layer row sums, unique labels) or
@@ -169,6 +177,8 @@ class GradientReconstructor:
                 restart_chunk,
                 self.progress,
                 learn_labels=learn_labels,
+                state_path=state_path,
+                save_every=save_every,
             )
         finally:
             self.model.train(was_training)

@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default=None, help="output folder (default results/cli/<model>_<dataset>_<target>)"
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument(
+        "--save_every",
+        type=int,
+        default=500,
+        help="snapshot the attack every N iterations into <output>/.attack_state.pt (resumed on rerun)",
+    )
     return p
 
 
@@ -291,7 +297,11 @@ def run(args) -> dict:
         attacker = GradientReconstructor(model, (dm, ds), cfg, num_images=args.num_images, **known)
     start = time.perf_counter()
     outputs, stats = attacker.reconstruct_many(
-        updates, labels if args.labels == "known" else args.labels, img_shape=tuple(truths[0].shape[1:])
+        updates,
+        labels if args.labels == "known" else args.labels,
+        img_shape=tuple(truths[0].shape[1:]),
+        state_path=output / ".attack_state.pt",  # rerunning a killed run resumes from its last snapshot
+        save_every=args.save_every,
     )
     seconds = time.perf_counter() - start
 

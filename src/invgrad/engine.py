@@ -11,10 +11,13 @@ each restart of each experiment on its own, through the same vectorised function
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from tqdm.auto import tqdm
 
 from .config import lr_milestones
+from .io import load_tensors, save_tensors
 from .objectives import OBJECTIVES, total_variation
 from .user import training_loss
 
@@ -164,6 +168,8 @@ class Engine:
         restart_chunk: int | None = None,
         progress: bool = False,
         learn_labels: int | None = None,
+        state_path: str | Path | None = None,
+        save_every: int = 500,
     ) -> EngineResult:
         """targets: one tensor per parameter with a leading experiment axis E; labels [E, K]; weights [E, L].
 
@@ -171,47 +177,65 @@ class Engine:
         N(0, 1) per experiment from the seed, stepped by the same optimizer (signed too when ``signed``), and fed
         to the simulator as softmax soft labels; ``labels`` is then ignored. The logits come back in
         ``EngineResult.label_logits``.
+
+        ``state_path``: save the full optimisation state there every ``save_every`` iterations (crash-safe) and
+        resume from it when it exists, ending bit-identical (CPU) to an uninterrupted run; deleted on success.
         """
         cfg = self.cfg
         experiments, restarts = labels.shape[0], cfg["restarts"]
         reference = targets[0]
-        x0 = initial_candidates(cfg["init"], experiments, (restarts, num_images, *img_shape), seed)
-        x0 = x0.to(device=reference.device, dtype=reference.dtype)
-        groups = self._groups(experiments, restarts, restart_chunk)
-        start = time.perf_counter()
-        finals = torch.empty_like(x0)
-        z0 = z_finals = None
+        like = dict(device=reference.device, dtype=reference.dtype)
+        starts = [
+            initial_candidates(cfg["init"], experiments, (restarts, num_images, *img_shape), seed).to(**like)
+        ]
         if learn_labels is not None:
-            z0 = initial_label_logits(experiments, (restarts, num_images, learn_labels), seed)
-            z0 = z0.to(device=reference.device, dtype=reference.dtype)
-            z_finals = torch.empty_like(z0)
+            starts.append(
+                initial_label_logits(experiments, (restarts, num_images, learn_labels), seed).to(**like)
+            )
+        finals = [torch.empty_like(v) for v in starts]
+        groups = self._groups(experiments, restarts, restart_chunk)
+        resume = ResumeState(state_path, fingerprint(cfg, seed, targets, labels, starts), save_every)
+        start = time.perf_counter()
         bar = tqdm(
             total=len(groups) * cfg["max_iterations"], disable=not progress, desc="reconstruct", unit="it"
         )
         with bar, flushed_denormals():
-            for e_slice, r_slice in groups:
+            for g, (e_slice, r_slice) in enumerate(groups):
                 group_targets = [t[e_slice] for t in targets]
-                if z0 is None:
-                    finals[e_slice, r_slice] = self._optimise(
-                        x0[e_slice, r_slice], group_targets, labels[e_slice], weights[e_slice], bar
-                    )
-                else:
-                    finals[e_slice, r_slice], z_finals[e_slice, r_slice] = self._optimise_joint(
-                        x0[e_slice, r_slice], z0[e_slice, r_slice], group_targets, weights[e_slice], bar
-                    )
+                gradients = self._gradients(group_targets, labels[e_slice], weights[e_slice], learn_labels)
+                results = self._optimise([v[e_slice, r_slice] for v in starts], gradients, bar, resume, g)
+                for final, result in zip(finals, results, strict=True):
+                    final[e_slice, r_slice] = result
         with torch.no_grad(), flushed_denormals():
-            if z0 is None:
-                _, (rec, tv) = self._value(finals, targets, labels, weights)
+            if learn_labels is None:
+                _, (rec, tv) = self._value(finals[0], targets, labels, weights)
             else:
-                _, (rec, tv) = self._value_soft(finals, z_finals, targets, weights)
+                _, (rec, tv) = self._value_soft(finals[0], finals[1], targets, weights)
+        resume.finish()
         return EngineResult(
-            finals,
+            finals[0],
             rec.detach(),
             tv.detach(),
             time.perf_counter() - start,
             cfg["max_iterations"],
-            None if z_finals is None else z_finals.detach(),
+            finals[1] if learn_labels is not None else None,
         )
+
+    def _gradients(self, targets, labels, weights, learn_labels) -> Callable:
+        """variables -> (their gradients, per-restart losses): images only, or images and label logits."""
+        if learn_labels is None:
+
+            def images_only(variables):
+                grads, (loss, _) = self._step(variables[0], targets, labels, weights)
+                return [grads], loss
+
+            return images_only
+
+        def images_and_labels(variables):
+            grads, (loss, _) = self._step_soft(variables[0], variables[1], targets, weights)
+            return list(grads), loss
+
+        return images_and_labels
 
     def _groups(self, experiments: int, restarts: int, chunk: int | None) -> list[tuple[slice, slice]]:
         if self.cfg["optim"] == "lbfgs":  # not element-wise: one restart of one experiment at a time
@@ -221,21 +245,27 @@ class Engine:
             (slice(0, experiments), slice(r, min(r + chunk, restarts))) for r in range(0, restarts, chunk)
         ]
 
-    def _optimise(self, x0, targets, labels, weights, bar) -> torch.Tensor:
+    def _optimise(self, starts, gradients, bar, resume: ResumeState, group: int) -> list[torch.Tensor]:
+        """The paper's loop over the first variable (the images; boxed, filtered) and any extra ones (label
+        logits): (signed) gradients, optimizer step, schedule step, box projection, median filter."""
         cfg = self.cfg
-        x = x0.clone().requires_grad_(True)
-        optimizer = _make_optimizer(cfg, x)
+        variables = [v.clone().requires_grad_(True) for v in starts]
+        x = variables[0]
+        optimizer = _make_optimizer(cfg, *variables)
         scheduler = None
         if cfg["lr_decay"]:
             milestones = lr_milestones(cfg["max_iterations"])
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+        first = resume.restore(group, variables, optimizer, scheduler)
+        bar.update(first)
 
         def closure():
-            grads, (loss, _) = self._step(x.detach(), targets, labels, weights)
-            x.grad = grads.sign() if cfg["signed"] else grads
+            grads, loss = gradients([v.detach() for v in variables])
+            for variable, grad_ in zip(variables, grads, strict=True):
+                variable.grad = grad_.sign() if cfg["signed"] else grad_
             return loss.sum()
 
-        for iteration in range(cfg["max_iterations"]):
+        for iteration in range(first, cfg["max_iterations"]):
             optimizer.step(closure)
             if scheduler is not None:
                 scheduler.step()
@@ -244,33 +274,64 @@ class Engine:
                     x.clamp_(min=self.lower, max=self.upper)
                 if cfg["filter"] == "median" and (iteration + 1) % MEDIAN_FILTER_EVERY == 0:
                     x.copy_(median_filter3(x))
+            resume.checkpoint(group, iteration + 1, variables, optimizer, scheduler)
             bar.update(1)
-        return x.detach()
+        resume.checkpoint(group, cfg["max_iterations"], variables, optimizer, scheduler, force=True)
+        return [v.detach() for v in variables]
 
-    def _optimise_joint(self, x0, z0, targets, weights, bar) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`_optimise`, with the label logits as a second optimised tensor (never boxed or filtered)."""
-        cfg = self.cfg
-        x = x0.clone().requires_grad_(True)
-        z = z0.clone().requires_grad_(True)
-        optimizer = _make_optimizer(cfg, x, z)
-        scheduler = None
-        if cfg["lr_decay"]:
-            milestones = lr_milestones(cfg["max_iterations"])
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
-        def closure():
-            (gx, gz), (loss, _) = self._step_soft(x.detach(), z.detach(), targets, weights)
-            x.grad, z.grad = (gx.sign(), gz.sign()) if cfg["signed"] else (gx, gz)
-            return loss.sum()
+def fingerprint(cfg: dict, seed: int, targets, labels, starts) -> str:
+    """Identifies one attack (config, seed, observed update, labels, shapes) so a state file is never resumed
+    into a different attack."""
+    digest = hashlib.sha256(json.dumps({**cfg, "seed": seed}, sort_keys=True, default=str).encode())
+    for tensor in [*targets, labels, *starts]:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
-        for iteration in range(cfg["max_iterations"]):
-            optimizer.step(closure)
-            if scheduler is not None:
-                scheduler.step()
-            with torch.no_grad():
-                if cfg["boxed"]:
-                    x.clamp_(min=self.lower, max=self.upper)
-                if cfg["filter"] == "median" and (iteration + 1) % MEDIAN_FILTER_EVERY == 0:
-                    x.copy_(median_filter3(x))
-            bar.update(1)
-        return x.detach(), z.detach()
+
+class ResumeState:
+    """Periodic, crash-safe snapshots of every restart group's optimisation state, and resuming from them.
+
+    The loop draws no random numbers after initialisation (which is a pure function of the seed), so variables,
+    optimizer and scheduler states plus the iteration count are the whole state.
+    """
+
+    def __init__(self, path: str | Path | None, key: str, every: int):
+        self.path, self.key, self.every = (Path(path) if path else None), key, max(1, int(every))
+        self.groups: dict[int, dict] = {}
+        if self.path is not None and self.path.exists():
+            saved = load_tensors(self.path)
+            if saved.get("fingerprint") != key:
+                raise ValueError(
+                    f"attack state {self.path} belongs to a different attack (config, seed or update changed); "
+                    "delete it to start over"
+                )
+            self.groups = saved["groups"]
+
+    def restore(self, group: int, variables, optimizer, scheduler) -> int:
+        saved = self.groups.get(group)
+        if saved is None:
+            return 0
+        with torch.no_grad():
+            for variable, value in zip(variables, saved["variables"], strict=True):
+                variable.copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        return int(saved["iteration"])
+
+    def checkpoint(self, group, iteration, variables, optimizer, scheduler, force=False) -> None:
+        if self.path is None or not (force or iteration % self.every == 0):
+            return
+        self.groups[group] = {
+            "iteration": iteration,
+            "variables": [v.detach().clone() for v in variables],
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        }
+        save_tensors({"fingerprint": self.key, "groups": self.groups}, self.path)
+
+    def finish(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

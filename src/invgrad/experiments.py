@@ -538,7 +538,10 @@ def run_cell(
         where = [positions.index(p) for p in group]
         start = time.perf_counter()
         out, stats = attacker.reconstruct_many(
-            [updates[i] for i in where], [labels[i] for i in where], img_shape=tuple(truths[0].shape[1:])
+            [updates[i] for i in where],
+            [labels[i] for i in where],
+            img_shape=tuple(truths[0].shape[1:]),
+            state_path=out_dir / f".attack_state_{group[0]}.pt",  # a preempted job resumes from here
         )
         elapsed = time.perf_counter() - start
         for j, p in enumerate(group):
