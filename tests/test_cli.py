@@ -87,6 +87,13 @@ def test_joint_labels_from_the_cli(tmp_path):
         (["--defense_prune", "2"], r"prune \(fraction kept p\) must lie in \(0.0, 1.0\], got 2.0"),
         (["--defense_bits", "0"], r"bits must be an integer in \[1, 16\], got 0"),
         (["--num_images", "11"], "count=11 .*only 10 classes"),
+        (["--dataset", "MNIST"], "unknown dataset 'MNIST'"),
+        (["--cost_fn", "cosine"], "unknown value 'cosine' for config\\['cost_fn'\\]"),
+        (["--indices", "top-ten"], "top-ten"),
+        (["--optim", "ours", "--init", "gauss"], "gauss"),
+        (["--target_id", "25"], "25"),
+        (["--dataset", "image-folder:/no/such/folder", "--stats", "CIFAR10"], "/no/such/folder"),
+        (["--device", "cuda:3"], "CUDA is not available"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, args, fragment):
@@ -95,7 +102,26 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, a
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert __import__("re").search(fragment, err), err
-    assert not (out / "metrics.json").exists()
+    assert not out.exists()  # nothing half-written: not even the output folder
+
+
+def test_checkpoint_of_another_architecture(tmp_path, capsys):
+    from invgrad.io import save_tensors
+    from invgrad.models import build_model
+
+    ckpt = save_tensors(
+        {"state_dict": build_model("ConvNet8", seed=0).state_dict()}, tmp_path / "convnet8.pt"
+    )
+    code, out = _run(tmp_path, "--trained_model", "--checkpoint", str(ckpt))
+    assert code == 2 and f"checkpoint {ckpt} does not fit LeNetZhu" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["--model", "LeNetZhu", "--max_iterations", "1", "--output", str(blocker / "out")])
+    assert code == 2 and "cannot be created" in capsys.readouterr().err
 
 
 def test_offline_torchvision_cifar_names_the_embedded_alternative(tmp_path, capsys):

@@ -220,8 +220,13 @@ def _victim(args, info) -> tuple[torch.nn.Module, str]:
 
 
 def _check_writable(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK):
+    """Fail before any work if the output folder cannot be created or written; create nothing yet."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PermissionError(f"output folder {folder} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"output folder {folder} is not writable")
 
 
@@ -258,8 +263,14 @@ def run(args) -> dict:
     """Validate everything, simulate the user, attack, score; write PNG + JSON. Returns the metrics."""
     cfg = _attack_config(args)
     defense, defense_report = _threat_model(args)
-    stats_name = args.stats or args.dataset.removeprefix("embedded-")
-    info = data.dataset_info(stats_name)
+    known = {name.lower() for name in data.valid_dataset_names()}
+    if args.dataset.lower() not in known and not args.dataset.lower().startswith("image-folder:"):
+        raise ValueError(f"unknown dataset {args.dataset!r}; valid: {', '.join(data.valid_dataset_names())}")
+    if args.dataset.lower().startswith("image-folder:") and args.stats is None:
+        raise ValueError(
+            f"--dataset {args.dataset} needs --stats (CIFAR10, CIFAR100 or ImageNet normalisation)"
+        )
+    info = data.dataset_info(args.stats or args.dataset.removeprefix("embedded-"))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
