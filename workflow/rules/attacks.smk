@@ -16,6 +16,8 @@ for _experiment in CELLS:
             f"benchmarks/out/{_experiment}/{{cell}}.tsv"
         wildcard_constraints:
             cell="|".join(CELLS[_experiment]),
+        group:
+            "attacks"  # cluster only: --group-components attacks=N packs N cells into one submission
         conda:
             ENV
         threads: config["threads"]
