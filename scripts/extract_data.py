@@ -6,6 +6,7 @@ python scripts/extract_data.py --archive data/cifar10-jpeg.tar.gz --root data/ra
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import sys
 import tarfile
@@ -31,7 +32,12 @@ def main(argv=None) -> int:
                 shutil.rmtree(target)
             item.rename(target)
             log(f"extracted {args.archive} -> {target}")
-    Path(args.flag).write_text(f"{args.archive}\n")
+    # The flag names the archive and its content hash, so a new archive changes the flag (a DVC dependency).
+    digest = hashlib.sha256()
+    with open(args.archive, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    Path(args.flag).write_text(f"{args.archive}\tsha256:{digest.hexdigest()}\n")
     return 0
 
 

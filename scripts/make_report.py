@@ -222,6 +222,54 @@ def claims(results: Path, recovered: float) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def victim_lines(results: Path) -> list[str]:
+    """The victims (metadata + the sha256 of each checkpoint) and, per result, the checkpoint it was attacked with."""
+    import json
+
+    victims = sorted((results / "victims").glob("*/*.json"))
+    lines: list[str] = []
+    if victims:
+        lines += [
+            "\n## Victims\n",
+            "| checkpoint | sha256 | status | epochs | seed | training images | training data sha256 | val. accuracy |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for v in victims:
+            m = json.loads(v.read_text())
+            acc = m.get("val_accuracy")
+            accuracy = "—" if acc is None else f"{acc:.3f} on {m.get('val_images')}"
+            data_hash = m.get("training_data_sha256")
+            lines.append(
+                f"| {v.parent.name}/{v.stem} | `{m.get('sha256') or '—'}` | {m.get('status')} {m.get('reason', '')} | "
+                f"{m.get('epochs')} | {m.get('seed')} | {m.get('training_images', '—')} | "
+                f"{f'`{data_hash[:16]}…`' if data_hash else '—'} | {accuracy} |"
+            )
+    used: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for record_file in sorted(results.glob("*/*/*.json")):
+        if record_file.parts[-3] == "victims":
+            continue
+        try:
+            record = json.loads(record_file.read_text())
+        except (OSError, ValueError):
+            continue
+        victim = record.get("victim") if isinstance(record, dict) else None
+        if isinstance(victim, dict) and victim.get("sha256"):
+            key = (record_file.parts[-3], record_file.parent.name)
+            used.setdefault(key, set()).add((str(victim.get("checkpoint")), victim["sha256"]))
+    if used:
+        lines += [
+            "\n## Checkpoint used by each result\n",
+            "Every trained cell was attacked with the checkpoint of this sha256, verified on load against the one "
+            "recorded in `results/victims/<dataset>/<model>.json` (DVC pins the same files in `dvc.lock`).\n",
+            "| experiment | cell | checkpoint | sha256 |",
+            "|---|---|---|---|",
+        ]
+        for (experiment, cell), checkpoints in sorted(used.items()):
+            for path, digest in sorted(checkpoints):
+                lines.append(f"| {experiment} | {cell} | {path} | `{digest[:16]}…` |")
+    return lines
+
+
 def runtimes(bench: Path) -> list[tuple[str, int, float]]:
     out = []
     for stage in sorted(p for p in bench.iterdir() if p.is_dir()) if bench.exists() else []:
@@ -254,23 +302,7 @@ def main(argv=None) -> int:
     ]
     for claim, paper, ours, verdict in claims(results, args.recovered_psnr):
         lines.append(f"| {claim} | {paper} | {ours} | {verdict} |")
-    victims = sorted((results / "victims").glob("*/*.json"))
-    if victims:
-        import json
-
-        lines += [
-            "\n## Victims\n",
-            "| checkpoint | status | epochs | training images | val. accuracy |",
-            "|---|---|---|---|---|",
-        ]
-        for v in victims:
-            m = json.loads(v.read_text())
-            acc = m.get("val_accuracy")
-            accuracy = "—" if acc is None else f"{acc:.3f} on {m.get('val_images')}"
-            lines.append(
-                f"| {v.parent.name}/{v.stem} | {m.get('status')} {m.get('reason', '')} | {m.get('epochs')} | "
-                f"{m.get('training_images', '—')} | {accuracy} |"
-            )
+    lines += victim_lines(results)
     lines += [
         "\n## Runtime per stage (Snakemake benchmark files)\n",
         "| stage | jobs | seconds (sum) |",

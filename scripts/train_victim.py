@@ -2,6 +2,8 @@
 
 python scripts/train_victim.py --spec '<json>' --out results/victims/CIFAR10/LeNetZhu_e1.pt
 Without training data the checkpoint holds no weights and meta.status == "not run" (the run still succeeds).
+The metadata (also in the .json beside the checkpoint) records architecture, epochs, seed, the training data's
+sha256 (``training_data_sha256``), the validation accuracy, and in the .json the checkpoint's own sha256.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main(argv=None) -> int:
         "milestones": training.milestones(),
         "training_data": spec["train_source"],
         "max_images": spec["max_images"],
+        "batch_size": spec["batch_size"],
         "torch": str(torch.__version__),
     }
     reason = NO_TRAINING_DATA.format(dataset=spec["dataset"])
@@ -64,6 +67,8 @@ def main(argv=None) -> int:
         log(f"{reason} ({error})")
         training.save_checkpoint(args.out, None, {**meta, "status": training.NOT_RUN, "reason": reason})
         return 0
+    meta["training_data_sha256"] = training.dataset_sha256(train)
+    log(f"training data {spec['train_source']}: {len(train)} images, sha256 {meta['training_data_sha256']}")
     model = build_model(spec["model"], num_classes=info.num_classes, seed=spec["seed"])
     start = time.perf_counter()
     history = training.train(

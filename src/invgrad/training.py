@@ -8,16 +8,25 @@ A checkpoint is ``{"state_dict": ..., "meta": {...}}`` written with :func:`invgr
 :func:`invgrad.io.load_tensors` (``weights_only=True``). When no training data is available the checkpoint holds no
 weights and ``meta["status"] == "not run"`` with the reason: trained cells downstream are then reported as not run,
 never attacked with untrained weights.
+
+Beside ``<name>.pt`` lies ``<name>.json``: the same metadata (architecture, epochs, seed, the training data's
+sha256, validation accuracy, ...) plus ``sha256``, the digest of the ``.pt`` file itself. :func:`load_checkpoint`
+and :func:`verify_checkpoint` refuse a ``.pt`` whose digest differs from the recorded one (a damaged download,
+an edited file) with :class:`CheckpointMismatchError`, which says how to restore it (``dvc pull``) or retrain it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -35,6 +44,40 @@ RECIPE: dict[str, Any] = dict(
     gamma=0.1,
 )
 NOT_RUN = "not run"
+_CHUNK = 1 << 20
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint file whose sha256 differs from the one recorded in its ``.json`` sidecar."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_sha256(dataset) -> str:
+    """Content hash of a training set: every image file's bytes with its label and name (image folders), or the
+    raw arrays and targets (torchvision CIFAR). Identifies the data a victim was trained on, whatever its path."""
+    digest = hashlib.sha256()
+    files = getattr(dataset, "files", None)
+    labels = getattr(dataset, "labels", None)
+    if files is not None and labels is not None:
+        base = os.path.commonpath([str(Path(f).parent) for f in files]) if files else ""
+        for file, label in zip(files, labels, strict=True):
+            digest.update(f"{os.path.relpath(file, base)}\t{int(label)}\n".encode())
+            digest.update(Path(file).read_bytes())
+        return digest.hexdigest()
+    base = getattr(dataset, "base", dataset)
+    if hasattr(base, "data") and hasattr(base, "targets"):
+        digest.update(np.ascontiguousarray(base.data).tobytes())
+        digest.update(json.dumps([int(t) for t in base.targets]).encode())
+        return digest.hexdigest()
+    raise TypeError(f"cannot fingerprint a {type(dataset).__name__} (no .files/.labels or .data/.targets)")
 
 
 def milestones(schedule_epochs: int = 120) -> list[int]:
@@ -109,17 +152,57 @@ def train(
     return {"loss": history, "seconds": time.perf_counter() - start, "images_per_epoch": len(data)}
 
 
+def sidecar(path: str | Path) -> Path:
+    """The ``.json`` metadata file beside checkpoint ``path``."""
+    return Path(path).with_suffix(".json")
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module | None, meta: dict[str, Any]) -> Path:
-    """``{"state_dict", "meta"}`` via an atomic rename, plus a human-readable ``.json`` sidecar of ``meta``."""
+    """``{"state_dict", "meta"}`` via an atomic rename, plus a human-readable ``.json`` sidecar of ``meta`` and
+    ``sha256`` (the digest of the ``.pt`` file, checked on every load)."""
     state = {} if model is None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_tensors({"state_dict": state, "meta": meta}, path)
-    save_json(meta, Path(path).with_suffix(".json"))
+    save_json({**meta, "sha256": file_sha256(path)}, sidecar(path))
     return Path(path)
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, meta) of a checkpoint written by :func:`save_checkpoint`, loaded with weights_only=True."""
+def recorded_sha256(path: str | Path) -> str | None:
+    """The sha256 recorded for checkpoint ``path`` in its sidecar, or None (no sidecar / written before hashes)."""
+    try:
+        return json.loads(sidecar(path).read_text()).get("sha256")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def verify_checkpoint(path: str | Path) -> str:
+    """sha256 of checkpoint ``path``; :class:`CheckpointMismatchError` if it differs from the recorded one.
+
+    A checkpoint without a recorded digest (no sidecar, or one written before digests existed) is accepted: its
+    digest is returned so that results can still cite it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    actual, expected = file_sha256(path), recorded_sha256(path)
+    if expected is not None and actual != expected:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} is corrupted or was replaced: its sha256 is {actual[:16]}…, but "
+            f"{sidecar(path)} records {expected[:16]}…. Refusing to use it (and to retrain over it). "
+            f"Restore it with `dvc pull {path.parent}` (or `dvc checkout {path.parent}`), or delete "
+            f"{path} and {sidecar(path)} to train it again."
+        )
+    return actual
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, meta) of a checkpoint written by :func:`save_checkpoint`, loaded with weights_only=True.
+
+    With ``verify`` (default) the file must match the sha256 in its sidecar; ``meta`` then also holds
+    ``checkpoint`` (the path) and ``sha256`` (the file's digest), so that every result cites what it used."""
+    digest = verify_checkpoint(path) if verify else None
     blob = load_tensors(path)
     if not isinstance(blob, dict) or "meta" not in blob or "state_dict" not in blob:
         raise ValueError(f"{path} is not an invgrad checkpoint (expected keys 'state_dict' and 'meta')")
-    return blob["state_dict"], blob["meta"]
+    meta = dict(blob["meta"])
+    if digest is not None:
+        meta.update(checkpoint=str(path), sha256=digest)
+    return blob["state_dict"], meta

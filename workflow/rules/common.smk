@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from invgrad import experiments
+from invgrad import experiments, training
 
 # Caches stay inside the project (matplotlib, torch hub, papermill/jupyter).
 os.environ.setdefault("MPLCONFIGDIR", str(Path(".cache/matplotlib").resolve()))
@@ -27,6 +27,27 @@ TARGETS = experiments.targets(config, CELLS)
 CONFIG_LABEL = ", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
 GPU = 1 if str(config["device"]).startswith("cuda") else 0
 NOTEBOOK_EXPERIMENTS = list(CELLS) + list(COMPUTE)
+
+# A checkpoint that does not match the sha256 in its .json (a damaged pull, an edited file) stops the workflow
+# here: never attacked, never silently retrained over. `dvc pull` restores it; deleting it retrains it.
+for _checkpoint in VICTIMS:
+    if Path(_checkpoint).is_file():
+        try:
+            training.verify_checkpoint(_checkpoint)
+        except training.CheckpointMismatchError as error:
+            sys.exit(f"error: {error}")
+_missing = [c for c in VICTIMS if not Path(c).is_file()]
+if (
+    _missing
+    and "DVC_STAGE" not in os.environ  # inside `dvc repro`, training them is the point
+    and Path("dvc.lock").is_file()
+    and "results/victims" in Path("dvc.lock").read_text()
+):
+    print(
+        f"note: {len(_missing)} victim checkpoint(s) missing, e.g. {_missing[0]}; DVC tracks results/victims: "
+        "`dvc pull` fetches the trained victims instead of training them again (docs/DVC.md)",
+        file=sys.stderr,
+    )
 
 for _dataset in ("CIFAR10", "CIFAR100"):
     _available, _why = experiments.training_data_status(config, _dataset)

@@ -17,10 +17,19 @@ rule extract_training_data:
         "--flag {output.flag} > {log} 2>&1"
 
 
-rule train_victim:
-    """Conservative recipe (PAPER §7); without training data the checkpoint records 'not run'."""
+# Every victim checkpoint the config needs: the target of the DVC stage `victims` (dvc.yaml, docs/DVC.md).
+rule victims:
     input:
-        lambda w: extraction_flag(w.dataset),
+        list(VICTIMS),
+    localrule: True
+
+
+rule train_victim:
+    """Conservative recipe (PAPER §7); without training data the checkpoint records 'not run'.
+    The flag is ancient(): DVC restores it with a new mtime, which must not retrain (docs/DVC.md).
+    """
+    input:
+        lambda w: [ancient(flag) for flag in extraction_flag(w.dataset)],
     output:
         checkpoint="results/victims/{dataset}/{model}_e{epochs}.pt",
         meta="results/victims/{dataset}/{model}_e{epochs}.json",

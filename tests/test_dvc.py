@@ -1,0 +1,331 @@
+"""DVC owns data and victim checkpoints, Snakemake the rest (docs/DVC.md).
+
+* dvc.yaml agrees with config/config.yaml (paths, params that decide which victims exist).
+* Checkpoints carry their metadata and sha256; a mismatching file is refused with a message naming `dvc pull`.
+* The round trip on a tiny config in a temporary git repository: `dvc repro` (Snakemake underneath) → `dvc push`
+  to the default remote (under $HOME, here a temporary one) → `git clone` elsewhere → `dvc pull` → `snakemake -n`
+  plans no training and no extraction; `dvc exp run -S` reruns the victims and `dvc params diff` shows the change;
+  a missing or unreachable remote and a corrupted checkpoint fail with clear messages.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from invgrad import experiments, training
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DVC = shutil.which("dvc", path=str(BIN)) or shutil.which("dvc")
+SNAKEMAKE = shutil.which("snakemake", path=str(BIN)) or shutil.which("snakemake")
+CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+def load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def dvc_stages() -> dict:
+    return load_yaml(ROOT / "dvc.yaml")["stages"]
+
+
+def stage_params(stage: str) -> list[str]:
+    return [key for entry in dvc_stages()[stage]["params"] for key in entry["config/config.yaml"]]
+
+
+def get(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+# ------------------------------------------------------------------------------------------------------------
+# dvc.yaml ↔ config
+# ------------------------------------------------------------------------------------------------------------
+def test_dvc_config_is_offline_with_a_copy_cache_and_a_default_remote_outside_the_repo():
+    text = (ROOT / ".dvc/config").read_text()
+    assert "analytics = false" in text and "type = copy" in text
+    url = next(line.split("=", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("url"))
+    assert url.startswith(("~", "/", "../..")), url
+
+
+def test_dvc_yaml_paths_follow_the_config():
+    config = load_yaml(ROOT / "config/config.yaml")
+    stages = dvc_stages()
+    root, archive = config["data"]["root"], config["data"]["archives"]["CIFAR10"]
+    folder = config["data"]["train"]["CIFAR10"].split(":", 1)[1]
+    assert archive in stages["training_data"]["deps"]
+    assert set(stages["training_data"]["outs"]) == {f"{root}/.CIFAR10.extracted", folder}
+    assert folder in stages["victims"]["deps"]
+    assert {Path(p).parent.parent.as_posix() for p in experiments.victims(config)} == {"results/victims"}
+    assert stages["victims"]["outs"] == ["results/victims"]
+    for stage in stages:  # every param exists in the config
+        for key in stage_params(stage):
+            get(config, key)
+
+
+def _perturbed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return value[:1] if len(value) > 1 else value + value
+    return None
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
+def test_victims_depend_only_on_params_the_victims_stage_lists(configfile):
+    """Changing any config value that dvc.yaml does not list leaves the victims (paths and specs) unchanged."""
+    config = load_yaml(ROOT / configfile)
+    listed = stage_params("victims")
+    reference = experiments.victims(config)
+    for key, value in _leaves(config):
+        if any(key == p or key.startswith(p + ".") for p in listed):
+            continue
+        changed = _perturbed(value)
+        if changed is None:
+            continue
+        edited = copy.deepcopy(config)
+        *parents, last = key.split(".")
+        (get(edited, ".".join(parents)) if parents else edited)[last] = changed
+        try:
+            victims = experiments.victims(edited)
+        except Exception:  # an invalid combination: the schema/plan rejects it anyway
+            continue
+        assert victims == reference, (
+            f"{key} changes the victims but is not a param of the dvc stage 'victims'"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoint metadata and hashes
+# ------------------------------------------------------------------------------------------------------------
+def test_checkpoint_records_its_sha256_and_refuses_a_corrupted_file(tmp_path, lenet):
+    path = tmp_path / "victims/CIFAR10/LeNetZhu_e1.pt"
+    training.save_checkpoint(path, lenet, {"architecture": "LeNetZhu", "epochs": 1, "seed": 0})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["sha256"] == training.file_sha256(path) == training.verify_checkpoint(path)
+    state, loaded = training.load_checkpoint(path)
+    assert loaded["sha256"] == meta["sha256"] and loaded["checkpoint"] == str(path)
+    assert state.keys() == lenet.state_dict().keys()
+
+    with open(path, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(training.CheckpointMismatchError, match=r"dvc pull .*victims/CIFAR10.*delete"):
+        training.load_checkpoint(path)
+
+
+def test_checkpoint_without_recorded_hash_is_still_loaded_and_cited(tmp_path, lenet):
+    path = tmp_path / "old.pt"
+    training.save_checkpoint(path, lenet, {"architecture": "LeNetZhu"})
+    path.with_suffix(".json").write_text(json.dumps({"architecture": "LeNetZhu"}))  # written before hashes
+    _, meta = training.load_checkpoint(path)
+    assert meta["sha256"] == training.file_sha256(path)
+
+
+def test_training_data_hash_depends_on_content_not_location(tmp_path):
+    from invgrad import data
+
+    def folder(base: Path, seed: int) -> Path:
+        make_image_folder(base, per_class=1, test_per_class=0, seed=seed)
+        return base / "cifar10-jpeg"
+
+    def digest(path: Path) -> str:
+        return training.dataset_sha256(
+            data.load_dataset(f"image-folder:{path}", split="train", stats="CIFAR10")
+        )
+
+    a, b, c = folder(tmp_path / "a", 0), folder(tmp_path / "b", 0), folder(tmp_path / "c", 1)
+    assert digest(a) == digest(b) != digest(c)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Round trip
+# ------------------------------------------------------------------------------------------------------------
+def make_image_folder(base: Path, per_class: int, test_per_class: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for name in CLASSES:
+            folder = base / "cifar10-jpeg" / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
+
+
+def tiny_config() -> dict:
+    """config/test.yaml with one trained LeNet, one cheap attack method and every other experiment off."""
+    config = load_yaml(ROOT / "config/test.yaml")
+    config["training"].update(epochs=1, max_images=32, eval_images=10, batch_size=16)
+    for name, block in config["experiments"].items():
+        block["enabled"] = name == "table1"
+    table1 = config["experiments"]["table1"]
+    table1.update(models=["LeNetZhu"], weights=["trained"], images=1)
+    table1["methods"] = {"ours": {"max_iterations": 2, "restarts": 1, "total_variation": 0.01, "lr": 0.1}}
+    return config
+
+
+def run(cwd: Path, *args: str, home: Path, check: bool = True, timeout: int = 120):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(home)}
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        MPLCONFIGDIR=str(cwd / ".cache/matplotlib"),
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.org",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.org",
+    )
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    """A tiny project as a git + DVC repo: data and victims produced by `dvc repro`, committed and pushed."""
+    if DVC is None or SNAKEMAKE is None:
+        pytest.skip("dvc/snakemake not installed (pip install -e .[workflow])")
+    base = tmp_path_factory.mktemp("dvc")
+    home, origin = base / "home", base / "origin"
+    home.mkdir()
+    for name in ("workflow", "scripts", "notebooks", "config", "src"):
+        shutil.copytree(
+            ROOT / name, origin / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+        (origin / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, origin / name)
+    (origin / "config/config.yaml").write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
+    make_image_folder(base / "images", per_class=4, test_per_class=1)
+    (origin / "data").mkdir()
+    with tarfile.open(origin / "data/cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(base / "images/cifar10-jpeg", arcname="cifar10-jpeg")
+
+    run(origin, "git", "init", "-q", home=home)
+    run(origin, DVC, "add", "-q", "data/cifar10-jpeg.tar.gz", home=home)
+    run(origin, DVC, "repro", home=home, timeout=300)
+    run(origin, "git", "add", "-A", home=home)
+    run(origin, "git", "commit", "-qm", "tiny project", home=home)
+    run(origin, DVC, "push", home=home)
+    return {"base": base, "home": home, "origin": origin}
+
+
+def clone(pushed, name: str) -> Path:
+    target = pushed["base"] / name
+    run(pushed["base"], "git", "clone", "-q", str(pushed["origin"]), str(target), home=pushed["home"])
+    return target
+
+
+CHECKPOINT = "results/victims/CIFAR10/LeNetZhu_e1.pt"
+
+
+def planned_jobs(dry_run: str) -> dict[str, int]:
+    """{rule: count} from the first 'Job stats' table of `snakemake -n` ({} when nothing is to be done)."""
+    if "Job stats:" not in dry_run:
+        return {}
+    jobs = {}
+    for line in dry_run.split("Job stats:", 1)[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def pulled(pushed) -> Path:
+    """A fresh clone elsewhere, after `dvc pull` from the default remote."""
+    copy_ = clone(pushed, "pulled")
+    assert not (copy_ / CHECKPOINT).exists()
+    run(copy_, DVC, "pull", home=pushed["home"])
+    return copy_
+
+
+def test_push_clone_pull_then_snakemake_plans_nothing_upstream_of_the_attacks(pushed, pulled):
+    origin = pushed["origin"]
+    meta = json.loads((origin / CHECKPOINT).with_suffix(".json").read_text())
+    assert meta["status"] == "ok" and meta["architecture"] == "LeNetZhu" and meta["epochs"] == 1
+    assert meta["seed"] == 0 and 0 <= meta["val_accuracy"] <= 1 and len(meta["training_data_sha256"]) == 64
+    assert meta["sha256"] == training.file_sha256(origin / CHECKPOINT)
+
+    assert training.verify_checkpoint(pulled / CHECKPOINT) == meta["sha256"]
+    assert (pulled / "data/raw/.CIFAR10.extracted").exists() and (
+        pulled / "data/cifar10-jpeg.tar.gz"
+    ).exists()
+    assert "up to date" in run(pulled, DVC, "status", home=pushed["home"]).stdout
+
+    plan = planned_jobs(run(pulled, SNAKEMAKE, "-n", home=pushed["home"]).stdout)
+    assert plan.get("attack_table1") == 1  # results are not shared: the attacks run ...
+    assert "train_victim" not in plan and "extract_training_data" not in plan  # ... on the pulled victims
+
+
+def test_a_corrupted_checkpoint_is_refused_and_dvc_restores_it(pushed, pulled):
+    home, checkpoint = pushed["home"], pulled / CHECKPOINT
+    good = checkpoint.read_bytes()
+    try:
+        with open(checkpoint, "r+b") as handle:
+            handle.seek(100)
+            handle.write(b"garbage")
+        refused = run(pulled, SNAKEMAKE, "-n", home=home, check=False)
+        assert refused.returncode != 0
+        message = refused.stdout + refused.stderr
+        assert "is corrupted or was replaced" in message and "dvc pull results/victims" in message
+        assert "modified" in run(pulled, DVC, "status", home=home).stdout
+
+        run(pulled, DVC, "checkout", "--force", "results/victims", home=home)
+        assert checkpoint.read_bytes() == good
+        training.verify_checkpoint(checkpoint)
+    finally:
+        checkpoint.write_bytes(good)
+
+
+def test_pull_without_a_reachable_remote_fails_clearly(pushed):
+    copy_ = clone(pushed, "noremote")
+    home = pushed["home"]
+    missing = run(copy_, DVC, "pull", "-r", "nowhere", home=home, check=False)
+    assert missing.returncode != 0 and "nowhere" in missing.stderr
+    run(copy_, DVC, "remote", "modify", "--local", "machine", "url", str(pushed["base"] / "gone"), home=home)
+    unreachable = run(copy_, DVC, "pull", home=home, check=False)
+    assert unreachable.returncode != 0
+    assert "failed to pull" in unreachable.stderr.lower() or "missing" in unreachable.stderr.lower()
+    assert not (copy_ / CHECKPOINT).exists()
+
+
+def test_a_param_change_is_an_experiment(pushed):
+    copy_, home = pushed["origin"], pushed["home"]  # clones start from the commit, not from this workspace
+    run(copy_, DVC, "exp", "run", "-S", "config/config.yaml:training.epochs=2", home=home, timeout=300)
+    assert (copy_ / "results/victims/CIFAR10/LeNetZhu_e2.pt").exists()
+    assert not (copy_ / CHECKPOINT).exists()  # DVC cleared the stage's outputs before rerunning it
+    meta = json.loads((copy_ / "results/victims/CIFAR10/LeNetZhu_e2.json").read_text())
+    assert meta["epochs"] == 2
+    diff = run(copy_, DVC, "params", "diff", "--json", home=home).stdout
+    change = json.loads(diff)["config/config.yaml"]["training.epochs"]
+    assert (change["old"], change["new"]) == (1, 2)
+    assert (
+        torch.load(copy_ / "results/victims/CIFAR10/LeNetZhu_e2.pt", weights_only=True)["meta"]["epochs"] == 2
+    )
