@@ -7,6 +7,7 @@ The whole-DAG test (``test_whole_dag_on_test_config``) runs every experiment end
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,9 +39,18 @@ def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.Completed
     )
 
 
+# The CIFAR-10 training split as image folders, beside the checkout in CI (../shared/datasets): with it the
+# trained cells really train and attack a victim; without it they must be reported as "not run".
+TRAINING_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    return project_copy(tmp_path_factory.mktemp("project"))
+    project = project_copy(tmp_path_factory.mktemp("project"))
+    if TRAINING_ARCHIVE.exists():
+        (project / "data").mkdir(exist_ok=True)
+        shutil.copy(TRAINING_ARCHIVE, project / "data" / "cifar10-jpeg.tar.gz")
+    return project
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/test.yaml"])
@@ -108,6 +118,12 @@ def test_whole_dag_on_test_config(project):
         assert (project / f"results/{experiment}/{experiment}.ipynb").exists()
     assert (project / "figures/table1_psnr.png").exists() and (project / "figures/table1_psnr.pdf").exists()
     assert (project / "results/table1/LeNetZhu_untrained_ours/0.json").exists()
+    trained = json.loads((project / "results/table1/LeNetZhu_trained_ours/0.json").read_text())
+    if TRAINING_ARCHIVE.exists():  # the trained path really ran: a checkpoint was trained and attacked
+        assert trained["status"] in ("ok", "failed"), trained
+        assert list((project / "results/victims").glob("LeNetZhu*.pt"))
+    else:
+        assert trained["status"] == "not run" and "not run" in report
 
     # Nothing to do on a second call.
     again = snakemake(project, "-n", "--configfile", "config/test.yaml")
