@@ -44,3 +44,19 @@ def log(message: str) -> None:
 
 def spec_arg(text: str) -> dict:
     return json.loads(text)
+
+
+def stage_args(description: str | None, argv=None):
+    """The arguments every workflow stage takes (its spec as JSON, an output path, torch threads), parsed, with
+    the thread count applied."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--spec", type=spec_arg, required=True, help="the stage's spec as JSON (from the workflow)"
+    )
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    return args

@@ -8,12 +8,11 @@ of the batch's inputs (K > 1), in float32 and float64.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 import torch
-from _common import log, set_threads, spec_arg
+from _common import log, stage_args
 
 from invgrad import analytic
 from invgrad.models import build_model
@@ -69,12 +68,7 @@ def one_trial(name, k, dtype, seed):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--spec", type=spec_arg, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
-    set_threads(args.threads)
+    args = stage_args(__doc__, argv)
     spec = args.spec
     rows = []
     for name in spec["models"]:

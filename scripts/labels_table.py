@@ -7,12 +7,11 @@ batches of K unique labels drawn from the validation source. Accuracy = fraction
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 import torch
-from _common import log, set_threads, spec_arg
+from _common import log, stage_args
 
 from invgrad import data, labels, metrics
 from invgrad.models import build_model
@@ -20,12 +19,7 @@ from invgrad.user import shared_gradient
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--spec", type=spec_arg, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
-    set_threads(args.threads)
+    args = stage_args(__doc__, argv)
     spec = args.spec
     dataset = data.load_dataset(
         spec["val_source"], split="val", root=spec["data_root"], stats=spec["dataset"]

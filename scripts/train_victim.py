@@ -8,12 +8,11 @@ sha256 (``training_data_sha256``), the validation accuracy, and in the .json the
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
-from _common import log, set_threads, spec_arg
+from _common import log, stage_args
 
 from invgrad import data, training
 from invgrad.experiments import NO_TRAINING_DATA
@@ -26,13 +25,8 @@ def _root(source, root):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--spec", type=spec_arg, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
+    args = stage_args(__doc__, argv)
     spec = args.spec
-    set_threads(args.threads)
     info = data.dataset_info(spec["dataset"])
     meta = {
         "architecture": spec["model"],
