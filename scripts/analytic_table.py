@@ -15,6 +15,7 @@ import torch
 from _common import log, stage_args
 
 from invgrad import analytic
+from invgrad.io import save_csv
 from invgrad.models import build_model
 from invgrad.user import training_loss
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
                     rows.append(one_trial(name, k, getattr(torch, dtype), spec["seed"] + t))
         log(f"{name}: done")
     frame = pd.DataFrame(rows)
-    frame.to_csv(args.out.replace("table.csv", "trials.csv"), index=False)
+    save_csv(frame, args.out.replace("table.csv", "trials.csv"))
     table = (
         frame.groupby(["model", "layer", "input_dim", "batch_size", "dtype"], sort=False)
         .agg(
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         )
         .reset_index()
     )
-    table.to_csv(args.out, index=False)
+    save_csv(table, args.out)
     return 0
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from _common import log
 
+from invgrad.io import save_text
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     with open(args.archive, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    Path(args.flag).write_text(f"{args.archive}\tsha256:{digest.hexdigest()}\n")
+    save_text(f"{args.archive}\tsha256:{digest.hexdigest()}\n", args.flag)
     return 0
 
 

@@ -14,6 +14,7 @@ import torch
 from _common import log, stage_args
 
 from invgrad import data, labels, metrics
+from invgrad.io import save_csv
 from invgrad.models import build_model
 from invgrad.user import shared_gradient
 
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
                 )
         log(f"{name}: done")
     frame = pd.DataFrame(rows)
-    frame.to_csv(args.out.replace("table.csv", "trials.csv"), index=False)
+    save_csv(frame, args.out.replace("table.csv", "trials.csv"))
     table = (
         frame.groupby(["model", "batch_size", "rule"], sort=False)
         .agg(
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         )
         .reset_index()
     )
-    table.to_csv(args.out, index=False)
+    save_csv(table, args.out)
     return 0
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from invgrad.io import save_text
+
 
 def read(results: Path, name: str, file: str = "table.csv") -> pd.DataFrame | None:
     path = results / name / file
@@ -314,7 +316,7 @@ def main(argv=None) -> int:
         f"- [{f.name}]({f.name})" for f in sorted(Path(args.out).parent.glob("*.png"))
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from invgrad.io import save_csv
 from invgrad.metrics import summarize
 
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         rows += axes(record)
     images = pd.DataFrame(rows)
     out = Path(args.out)
-    images.to_csv(out.with_name("images.csv"), index=False)
+    save_csv(images, out.with_name("images.csv"))
     keys = ["cell", *[k for k in GROUP_KEYS.get(args.experiment, []) if k in images.columns]]
     table = []
     for key, group in images.groupby(keys, sort=False, dropna=False):
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
                 if extra in ran.columns:
                     entry[extra] = ran[extra].iloc[0]
         table.append(entry)
-    pd.DataFrame(table).to_csv(out, index=False)
+    save_csv(pd.DataFrame(table), out)
     return 0
 
 

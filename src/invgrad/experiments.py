@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import data, metrics
+from . import data, io, metrics
 from .config import make_config
 from .io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
 from .models import _lookup, build_model
@@ -636,7 +636,7 @@ def save_figure(fig, figures_dir: str | Path, stem: str) -> None:
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
-        fig.savefig(figures_dir / f"{stem}.{ext}", dpi=150, bbox_inches="tight")
+        io.save_figure(fig, figures_dir / f"{stem}.{ext}", dpi=150, bbox_inches="tight")
 
 
 def show_image(ax, tensor: torch.Tensor, title: str = "") -> None:

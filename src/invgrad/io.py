@@ -51,9 +51,23 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def save_json(data: Any, path: str | Path) -> Path:
-    text = json.dumps(data, indent=2, default=_jsonable, allow_nan=True) + "\n"
+def save_text(text: str, path: str | Path) -> Path:
     return _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_json(data: Any, path: str | Path) -> Path:
+    return save_text(json.dumps(data, indent=2, default=_jsonable, allow_nan=True) + "\n", path)
+
+
+def save_csv(frame, path: str | Path) -> Path:
+    """A pandas DataFrame as CSV (no index)."""
+    return _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> Path:
+    """A matplotlib figure; the format comes from ``path``'s suffix."""
+    fmt = Path(path).suffix.lstrip(".")
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
 def save_tensors(data: Any, path: str | Path) -> Path:
