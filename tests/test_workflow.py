@@ -121,7 +121,7 @@ def test_whole_dag_on_test_config(project):
     trained = json.loads((project / "results/table1/LeNetZhu_trained_ours/0.json").read_text())
     if TRAINING_ARCHIVE.exists():  # the trained path really ran: a checkpoint was trained and attacked
         assert trained["status"] in ("ok", "failed"), trained
-        assert list((project / "results/victims").glob("LeNetZhu*.pt"))
+        assert list((project / "results/victims").rglob("LeNetZhu*.pt"))
     else:
         assert trained["status"] == "not run" and "not run" in report
 
