@@ -76,7 +76,12 @@ def victim_of(experiment):
 
 
 def extraction_flag(dataset):
-    """The extraction flag when the training folder must first be unpacked from data.archives.<dataset>."""
+    """The extraction flag when the training folder comes from data.archives.<dataset>.
+
+    Once written, the flag stays an input even though the folder now exists: the set of inputs of a trained
+    victim must not change between runs, or Snakemake would retrain it. A folder the user unpacked by hand (no
+    flag) needs no extraction.
+    """
     source = config["data"]["train"].get(dataset) or ""
     archive = config["data"]["archives"].get(dataset)
     if (
@@ -85,9 +90,10 @@ def extraction_flag(dataset):
         or not Path(archive).is_file()
     ):
         return []
-    if Path(source.split(":", 1)[1]).is_dir():
-        return []
-    return [f"{config['data']['root']}/.{dataset}.extracted"]
+    flag = f"{config['data']['root']}/.{dataset}.extracted"
+    if Path(flag).exists() or not Path(source.split(":", 1)[1]).is_dir():
+        return [flag]
+    return []
 
 
 def cell_images(experiment):
