@@ -21,7 +21,7 @@ from .objectives import layer_weights
 Update = Sequence[torch.Tensor]
 
 
-def _as_stat_tensor(values: Any, channels: int | None = None) -> torch.Tensor:
+def _as_stat_tensor(values: Any) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float32)
     return t.reshape(-1, 1, 1) if t.dim() != 3 else t
 
