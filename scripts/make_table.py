@@ -31,6 +31,14 @@ def axes(record: dict) -> list[dict]:
         "model": record["model"],
         "weights": record["weights"],
         "victim_accuracy": victim.get("val_accuracy"),
+        "victim_floor": spec.get("victim_floor"),
+        "preset": spec.get("preset", "ours"),
+        "user_loss_scale": spec.get("user_loss_scale", 1.0),
+        "indices": json.dumps(record.get("indices", [])),
+        "psnr_prior": record.get("psnr_prior"),
+        "psnr_per_image": json.dumps(record.get("psnr_per_image", [])),
+        "psnr_prior_per_image": json.dumps(record.get("psnr_prior_per_image", [])),
+        "snapshots": json.dumps(record.get("snapshots", [])),
         "victim_epochs": victim.get("epochs"),
         "victim_training_images": victim.get("training_images"),
         "iterations": spec["attack"]["max_iterations"],
@@ -77,10 +85,27 @@ GROUP_KEYS = {
 }
 
 
+def convergence(ran: pd.DataFrame, threshold_db: float) -> dict:
+    """Mean PSNR at half the budget and at its end (NaN as 0 dB), from the snapshots scored after the attack; a cell
+    has converged when the last half of its budget gained less than ``threshold_db``. No snapshots: unknown."""
+    curves = [dict((int(i), p) for i, p in json.loads(s)) for s in ran.snapshots]
+    if not curves or any(not c for c in curves):
+        return {"converged": None, "convergence_gain_db": None, "psnr_mean_half": None}
+    last = max(curves[0])
+    half = min(curves[0], key=lambda i: abs(i - last / 2))
+    at = {
+        it: sum(0.0 if p != p else p for p in (c.get(it, float("nan")) for c in curves)) / len(curves)
+        for it in (half, last)
+    }
+    gain = at[last] - at[half]
+    return {"converged": bool(gain < threshold_db), "convergence_gain_db": gain, "psnr_mean_half": at[half]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True, help="table.csv (images.csv is written beside it)")
+    p.add_argument("--convergence-db", type=float, default=1.0, help="see convergence()")
     p.add_argument("records", nargs="+")
     args = p.parse_args(argv)
     rows = []
@@ -115,6 +140,7 @@ def main(argv=None) -> int:
             for extra in ("epsilon", "psnr_max"):
                 if extra in ran.columns:
                     entry[extra] = ran[extra].iloc[0]
+            entry.update(convergence(ran, args.convergence_db))
         table.append(entry)
     save_csv(pd.DataFrame(table), out)
     return 0

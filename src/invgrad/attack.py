@@ -116,11 +116,14 @@ class GradientReconstructor:
         restart_chunk: int | None = None,
         state_path: str | Path | None = None,
         save_every: int = 500,
+        snapshots: Sequence[int] = (),
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W].
 
         ``state_path``: snapshot the optimisation there every ``save_every`` iterations and resume from it if it
         exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success.
+        ``snapshots``: iteration counts at which the chosen restart's iterate is also returned, in
+        ``stats["snapshots"]`` ({iteration: images [E, K, C, H, W]}), e.g. ``engine.snapshot_iterations(n)``.
 
         ``labels``: one label set per update (known labels), or a strategy for labels not granted — ``None`` /
         ``'idlg'`` (iDLG, one image), ``'last-layer'`` (K most negative last-layer row sums, unique labels) or
@@ -179,10 +182,20 @@ class GradientReconstructor:
                 learn_labels=learn_labels,
                 state_path=state_path,
                 save_every=save_every,
+                snapshot_at=snapshots,
             )
         finally:
             self.model.train(was_training)
         images, stats = self._select(result)
+        stats["snapshots"] = {
+            iteration: torch.stack(
+                [
+                    kept[e, c] if c is not None else torch.full_like(kept[e, 0], math.nan)
+                    for e, c in enumerate(stats["chosen"])
+                ]
+            )
+            for iteration, kept in (result.snapshots or {}).items()
+        }
         if result.label_logits is not None:
             label_tensor, stats["label_probs"] = self._joint_labels(result, stats["chosen"])
         stats.update(

@@ -64,6 +64,17 @@ class EngineResult:
     seconds: float
     iterations: int
     label_logits: torch.Tensor | None = None  # [E, R, K, classes] when labels were learned jointly (DLG)
+    snapshots: dict[int, torch.Tensor] | None = (
+        None  # iteration -> [E, R, K, C, H, W] iterates kept on the way
+    )
+
+
+def snapshot_iterations(
+    max_iterations: int, fractions: Sequence[float] = (1 / 8, 1 / 4, 1 / 2, 1)
+) -> list[int]:
+    """Iterations at which to keep the iterates (default 1/8, 1/4, 1/2 and all of the budget): scored after the
+    attack, they show whether the budget was enough (the attacker never sees them scored)."""
+    return sorted({max(1, round(f * max_iterations)) for f in fractions})
 
 
 def median_filter3(x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +181,7 @@ class Engine:
         learn_labels: int | None = None,
         state_path: str | Path | None = None,
         save_every: int = 500,
+        snapshot_at: Sequence[int] = (),
     ) -> EngineResult:
         """targets: one tensor per parameter with a leading experiment axis E; labels [E, K]; weights [E, L].
 
@@ -180,6 +192,9 @@ class Engine:
 
         ``state_path``: save the full optimisation state there every ``save_every`` iterations (crash-safe) and
         resume from it when it exists, ending bit-identical (CPU) to an uninterrupted run; deleted on success.
+
+        ``snapshot_at``: iterations (1-based counts) after which the image iterates of every restart are kept;
+        they come back in ``EngineResult.snapshots``.
         """
         cfg = self.cfg
         experiments, restarts = labels.shape[0], cfg["restarts"]
@@ -193,6 +208,8 @@ class Engine:
                 initial_label_logits(experiments, (restarts, num_images, learn_labels), seed).to(**like)
             )
         finals = [torch.empty_like(v) for v in starts]
+        keep = sorted({int(i) for i in snapshot_at if 0 < int(i) <= cfg["max_iterations"]})
+        snapshots = {i: torch.empty_like(starts[0]) for i in keep}
         groups = self._groups(experiments, restarts, restart_chunk)
         resume = ResumeState(state_path, fingerprint(cfg, seed, targets, labels, starts), save_every)
         start = time.perf_counter()
@@ -203,9 +220,13 @@ class Engine:
             for g, (e_slice, r_slice) in enumerate(groups):
                 group_targets = [t[e_slice] for t in targets]
                 gradients = self._gradients(group_targets, labels[e_slice], weights[e_slice], learn_labels)
-                results = self._optimise([v[e_slice, r_slice] for v in starts], gradients, bar, resume, g)
+                results, kept = self._optimise(
+                    [v[e_slice, r_slice] for v in starts], gradients, bar, resume, g, keep
+                )
                 for final, result in zip(finals, results, strict=True):
                     final[e_slice, r_slice] = result
+                for iteration, image in kept.items():
+                    snapshots[iteration][e_slice, r_slice] = image
         with torch.no_grad(), flushed_denormals():
             if learn_labels is None:
                 _, (rec, tv) = self._value(finals[0], targets, labels, weights)
@@ -219,6 +240,7 @@ class Engine:
             time.perf_counter() - start,
             cfg["max_iterations"],
             finals[1] if learn_labels is not None else None,
+            snapshots,
         )
 
     def _gradients(self, targets, labels, weights, learn_labels) -> Callable:
@@ -245,9 +267,12 @@ class Engine:
             (slice(0, experiments), slice(r, min(r + chunk, restarts))) for r in range(0, restarts, chunk)
         ]
 
-    def _optimise(self, starts, gradients, bar, resume: ResumeState, group: int) -> list[torch.Tensor]:
+    def _optimise(
+        self, starts, gradients, bar, resume: ResumeState, group: int, keep: Sequence[int] = ()
+    ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
         """The paper's loop over the first variable (the images; boxed, filtered) and any extra ones (label
-        logits): (signed) gradients, optimizer step, schedule step, box projection, median filter."""
+        logits): (signed) gradients, optimizer step, schedule step, box projection, median filter. Returns the
+        final variables and the image iterates after each iteration count in ``keep``."""
         cfg = self.cfg
         variables = [v.clone().requires_grad_(True) for v in starts]
         x = variables[0]
@@ -256,7 +281,7 @@ class Engine:
         if cfg["lr_decay"]:
             milestones = lr_milestones(cfg["max_iterations"])
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-        first = resume.restore(group, variables, optimizer, scheduler)
+        first, kept = resume.restore(group, variables, optimizer, scheduler)
         bar.update(first)
 
         def closure():
@@ -274,10 +299,12 @@ class Engine:
                     x.clamp_(min=self.lower, max=self.upper)
                 if cfg["filter"] == "median" and (iteration + 1) % MEDIAN_FILTER_EVERY == 0:
                     x.copy_(median_filter3(x))
-            resume.checkpoint(group, iteration + 1, variables, optimizer, scheduler)
+                if iteration + 1 in keep:
+                    kept[iteration + 1] = x.detach().clone()
+            resume.checkpoint(group, iteration + 1, variables, optimizer, scheduler, kept)
             bar.update(1)
-        resume.checkpoint(group, cfg["max_iterations"], variables, optimizer, scheduler, force=True)
-        return [v.detach() for v in variables]
+        resume.checkpoint(group, cfg["max_iterations"], variables, optimizer, scheduler, kept, force=True)
+        return [v.detach() for v in variables], kept
 
 
 def fingerprint(cfg: dict, seed: int, targets, labels, starts) -> str:
@@ -309,19 +336,19 @@ class ResumeState:
                 )
             self.groups = saved["groups"]
 
-    def restore(self, group: int, variables, optimizer, scheduler) -> int:
+    def restore(self, group: int, variables, optimizer, scheduler) -> tuple[int, dict[int, torch.Tensor]]:
         saved = self.groups.get(group)
         if saved is None:
-            return 0
+            return 0, {}
         with torch.no_grad():
             for variable, value in zip(variables, saved["variables"], strict=True):
                 variable.copy_(value)
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
-        return int(saved["iteration"])
+        return int(saved["iteration"]), dict(saved.get("snapshots", {}))
 
-    def checkpoint(self, group, iteration, variables, optimizer, scheduler, force=False) -> None:
+    def checkpoint(self, group, iteration, variables, optimizer, scheduler, kept=None, force=False) -> None:
         if self.path is None or not (force or iteration % self.every == 0):
             return
         self.groups[group] = {
@@ -329,6 +356,7 @@ class ResumeState:
             "variables": [v.detach().clone() for v in variables],
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "snapshots": dict(kept or {}),
         }
         save_tensors({"fingerprint": self.key, "groups": self.groups}, self.path)
 

@@ -27,6 +27,7 @@ import torch
 
 from . import data, io, metrics
 from .config import make_config
+from .engine import snapshot_iterations
 from .io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
 from .models import _lookup, build_model
 from .training import NOT_RUN, load_checkpoint
@@ -36,6 +37,10 @@ ATTACK_EXPERIMENTS = ("table1", "fedavg", "imagenet", "batch", "architecture", "
 COMPUTE_EXPERIMENTS = ("analytic", "labels")
 EXPERIMENTS = ATTACK_EXPERIMENTS + COMPUTE_EXPERIMENTS
 NO_TRAINING_DATA = "not run: needs the {dataset} training split (see README)"
+NO_VAL_FOLDER = (
+    "not run: needs an {dataset} validation folder ({folder} does not exist; set data.val.{dataset})"
+)
+CACHE_DIR = "data/cache"
 VICTIM_DIR = "results/victims"
 EMBEDDED_IMAGES = 20
 
@@ -59,9 +64,18 @@ def victim_path(model: str, dataset: str, epochs: int) -> str:
     return f"{VICTIM_DIR}/{dataset}/{model}_e{epochs}.pt"
 
 
+THREAT_KEYS = ("preset", "user_loss_scale")  # per-method keys of a config block that are not attack settings
+
+
 def _attack_config(base: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    overrides = {k: v for k, v in overrides.items() if k != "restart_chunk"}
-    return make_config(base, seed=seed, **overrides)
+    preset = overrides.get("preset", base)
+    overrides = {k: v for k, v in overrides.items() if k not in ("restart_chunk", *THREAT_KEYS)}
+    return make_config(preset, seed=seed, **overrides)
+
+
+def split_cache(dataset: str, split: str) -> str:
+    """The decoded split file (uint8 tensors) a victim trains or is measured on."""
+    return f"{CACHE_DIR}/{dataset}-{split}.pt"
 
 
 def _enabled(config: dict, name: str) -> dict | None:
@@ -82,6 +96,7 @@ def _selection(start: int, users: int, per_user: int, rule: str) -> dict[str, An
 def _cell(config, experiment, model, dataset, weights, attack, selection, **extra) -> dict[str, Any]:
     epochs = extra.pop("epochs", config["training"]["epochs"])
     victim = victim_path(model, dataset, epochs) if weights == "trained" else None
+    floor = config["training"].get("floors", {}).get(model) if weights == "trained" else None
     return {
         "experiment": experiment,
         "model": model,
@@ -98,6 +113,9 @@ def _cell(config, experiment, model, dataset, weights, attack, selection, **extr
         "threat": "gradient",
         "image_size": None,
         "note": "",
+        "victim_floor": floor,
+        "user_loss_scale": 1.0,
+        "preset": "ours",
         **extra,
     }
 
@@ -113,9 +131,19 @@ def plan(config: dict) -> dict[str, dict[str, dict[str, Any]]]:
         for model in block["models"]:
             for weights in block["weights"]:
                 for method, overrides in block["methods"].items():
-                    attack = _attack_config(method, overrides, seed)
+                    preset = overrides.get("preset", method)
+                    attack = _attack_config(preset, overrides, seed)
                     cells[f"{model}_{weights}_{method}"] = _cell(
-                        config, "table1", model, block["dataset"], weights, attack, sel, method=method
+                        config,
+                        "table1",
+                        model,
+                        block["dataset"],
+                        weights,
+                        attack,
+                        sel,
+                        method=method,
+                        preset=preset,
+                        user_loss_scale=float(overrides.get("user_loss_scale", 1.0)),
                     )
         out["table1"] = cells
 
@@ -251,6 +279,11 @@ def victims(config: dict, cells: dict | None = None) -> dict[str, dict[str, Any]
                 continue
             dataset = spec["dataset"]
             out[spec["victim"]] = {
+                "schedule": train["schedule"],
+                "floor": train.get("floors", {}).get(spec["model"]),
+                "attacked_images": attacked_images(cells, dataset),
+                "train_cache": split_cache(dataset, "train"),
+                "test_cache": split_cache(dataset, "test"),
                 "model": spec["model"],
                 "dataset": dataset,
                 "epochs": spec["epochs"],
@@ -263,6 +296,24 @@ def victims(config: dict, cells: dict | None = None) -> dict[str, dict[str, Any]
                 "batch_size": train["batch_size"],
             }
     return out
+
+
+def attacked_images(cells: dict, dataset: str) -> int:
+    """How many leading validation images of ``dataset`` some experiment may attack (an upper bound: selections
+    that skip repeated labels are given four images per slot); held-out evaluation excludes copies of them."""
+    last = 0
+    for experiment in cells.values():
+        for spec in experiment.values():
+            if spec["dataset"] != dataset:
+                continue
+            sel = spec["selection"]
+            span = (
+                max(sel["indices"]) + 1
+                if sel["rule"] == "list"
+                else sel["start"] + sel["users"] * sel["per_user"] * (4 if sel["rule"] == "unique" else 1)
+            )
+            last = max(last, span)
+    return last
 
 
 def targets(config: dict, cells: dict | None = None) -> dict[str, list[str]]:
@@ -332,6 +383,8 @@ def check(config: dict) -> list[str]:
     for dataset, source in config["data"]["val"].items():
         folder = _folder_of(source)
         used = any(spec["dataset"] == dataset for exp in cells.values() for spec in exp.values())
+        if dataset == "ImageNet":
+            continue  # no download exists: a missing folder makes its cells "not run", the rest still runs
         if used and folder is not None and not folder.is_dir():
             problems.append(f"data.val.{dataset}: image folder {folder} does not exist")
     for experiment, exp in cells.items():  # the embedded sources hold 20 images (indices 0-19)
@@ -435,6 +488,16 @@ def _not_run_record(spec: dict, cell: str, name: str, reason: str) -> dict[str, 
     }
 
 
+def _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason) -> list[dict[str, Any]]:
+    records = [_not_run_record(spec, cell, names[p], reason) for p in positions]
+    for record in records:
+        save_json(record, out_dir / f"{record['target']}.json")
+    if not only or not (out_dir / "images.pt").exists():
+        save_tensors({"status": NOT_RUN, "reason": reason, "targets": {}}, out_dir / "images.pt")
+    log(f"{cell}: {reason}")
+    return records
+
+
 def _user_updates(model, spec, truths, labels) -> tuple[list, list[dict]]:
     """What each simulated user shares (the only thing handed to the attacker) and per-user defense facts."""
     if spec["threat"] == "fedavg":
@@ -448,7 +511,8 @@ def _user_updates(model, spec, truths, labels) -> tuple[list, list[dict]]:
             for x, y in zip(truths, labels, strict=True)
         ]
         return updates, [{} for _ in updates]
-    updates = [shared_gradient(model, x, y) for x, y in zip(truths, labels, strict=True)]
+    scale = spec.get("user_loss_scale", 1.0)  # 0.5: the paper code's user loss before 2021-03 (attacker: CE)
+    updates = [shared_gradient(model, x, y, loss_scale=scale) for x, y in zip(truths, labels, strict=True)]
     if spec.get("defense"):
         from .defenses import Defense
 
@@ -500,14 +564,20 @@ def run_cell(
     model, victim_meta = _load_victim(spec)
     if model is None:
         reason = victim_meta.get("reason", NOT_RUN)
-        records = [_not_run_record(spec, cell, names[p], reason) for p in positions]
-        for record in records:
-            save_json(record, out_dir / f"{record['target']}.json")
-        if not only or not (out_dir / "images.pt").exists():
-            save_tensors({"status": NOT_RUN, "reason": reason, "targets": {}}, out_dir / "images.pt")
-        log(f"{cell}: {reason}")
-        return records
+        return _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason)
     model = model.to(device).eval()
+    folder = _folder_of(spec["val_source"])
+    if folder is not None and not folder.is_dir():
+        return _not_run_cell(
+            spec,
+            cell,
+            out_dir,
+            names,
+            positions,
+            only,
+            log,
+            NO_VAL_FOLDER.format(dataset=spec["dataset"], folder=folder),
+        )
     dataset = data.load_dataset(
         spec["val_source"],
         split="val",
@@ -531,7 +601,8 @@ def run_cell(
         if positions == list(range(positions[0], positions[0] + len(positions)))
         else [[p] for p in positions]
     )
-    outputs, stats_rows, seconds = {}, {}, {}
+    outputs, stats_rows, seconds, snapshots = {}, {}, {}, {}
+    keep = snapshot_iterations(attack["max_iterations"])
     for group in runs:  # one batched call for a contiguous block (the whole cell in the normal case)
         attack["seed"] = spec["attack"]["seed"] + group[0]
         attacker = _reconstructor(model, {**spec, "attack": attack}, dm, ds, num_images)
@@ -542,6 +613,7 @@ def run_cell(
             [labels[i] for i in where],
             img_shape=tuple(truths[0].shape[1:]),
             state_path=out_dir / f".attack_state_{group[0]}.pt",  # a preempted job resumes from here
+            snapshots=keep,
         )
         elapsed = time.perf_counter() - start
         for j, p in enumerate(group):
@@ -552,6 +624,7 @@ def run_cell(
                 if key in ("opt", "chosen", "failures", "restart_losses", "labels")
             }
             seconds[p] = elapsed / len(group)
+            snapshots[p] = {it: images[j] for it, images in stats["snapshots"].items()}
         log(f"{cell}: attacked {len(group)} user(s) × {num_images} image(s) in {elapsed:.1f} s")
 
     records, tensors = [], {}
@@ -559,6 +632,17 @@ def run_cell(
         truth01 = metrics.to_unit_range(truths[i], dm, ds)
         rec01 = metrics.to_unit_range(outputs[p], dm, ds)
         scores = metrics.image_metrics(rec01, truth01, match=num_images > 1)
+        prior01 = metrics.to_unit_range(torch.zeros_like(truths[i]), dm, ds)  # the data set's mean colour
+        prior = metrics.psnr_per_image(prior01, truth01).tolist()
+        curve = [  # scored after the attack, with the final image pairing; the attacker never saw these
+            [
+                it,
+                float(
+                    metrics.psnr_per_image(metrics.to_unit_range(x, dm, ds)[scores["order"]], truth01).mean()
+                ),
+            ]
+            for it, x in sorted(snapshots[p].items())
+        ]
         failed = stats_rows[p]["chosen"] is None
         record = {
             "experiment": spec["experiment"],
@@ -575,6 +659,9 @@ def run_cell(
             "psnr_per_image": scores["psnr"],
             "ssim_per_image": scores["ssim"],
             "psnr": scores["psnr_mean"],
+            "psnr_prior_per_image": prior,
+            "psnr_prior": sum(prior) / len(prior),
+            "snapshots": curve,
             "fmse": math.nan if failed else metrics.feature_mse(model, outputs[p], truths[i]),
             "rec_loss": stats_rows[p]["opt"],
             "chosen_restart": stats_rows[p]["chosen"],

@@ -13,8 +13,11 @@ rule table:
         experiment="|".join(CELLS) if CELLS else "none",
     conda:
         ENV
+    params:
+        convergence=config["report"]["convergence_db"],
     shell:
-        "python scripts/make_table.py --experiment {wildcards.experiment} --out {output.table} {input} > {log} 2>&1"
+        "python scripts/make_table.py --experiment {wildcards.experiment} --out {output.table} "
+        "--convergence-db {params.convergence} {input} > {log} 2>&1"
 
 
 rule analytic_table:

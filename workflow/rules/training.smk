@@ -17,6 +17,35 @@ rule extract_training_data:
         "--flag {output.flag} > {log} 2>&1"
 
 
+rule decode_split:
+    """One split of the training source decoded once into uint8 tensors (data/cache/<dataset>-<split>.pt).
+    The flag is ancient(): DVC restores it with a new mtime, which must not decode again (docs/DVC.md).
+    """
+    input:
+        lambda w: [ancient(flag) for flag in extraction_flag(w.dataset)],
+    output:
+        f"{experiments.CACHE_DIR}/{{dataset}}-{{split}}.pt",
+    log:
+        "logs/data/decode_{dataset}_{split}.log",
+    benchmark:
+        "benchmarks/out/data/decode_{dataset}_{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        ENV
+    params:
+        spec=lambda w: json.dumps(
+            {
+                "dataset": w.dataset,
+                "source": config["data"]["train"].get(w.dataset),
+                "split": w.split,
+                "data_root": config["data"]["root"],
+            }
+        ),
+    shell:
+        "python scripts/decode_split.py --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
 # Every victim checkpoint the config needs: the target of the DVC stage `victims` (dvc.yaml, docs/DVC.md).
 rule victims:
     input:
@@ -25,11 +54,11 @@ rule victims:
 
 
 rule train_victim:
-    """Conservative recipe (PAPER §7); without training data the checkpoint records 'not run'.
-    The flag is ancient(): DVC restores it with a new mtime, which must not retrain (docs/DVC.md).
-    """
+    """Conservative recipe (PAPER §7) on the decoded split, accuracy on held-out test images; without training
+    data the checkpoint records 'not run'."""
     input:
-        lambda w: [ancient(flag) for flag in extraction_flag(w.dataset)],
+        train=f"{experiments.CACHE_DIR}/{{dataset}}-train.pt",
+        test=f"{experiments.CACHE_DIR}/{{dataset}}-test.pt",
     output:
         checkpoint="results/victims/{dataset}/{model}_e{epochs}.pt",
         meta="results/victims/{dataset}/{model}_e{epochs}.json",
