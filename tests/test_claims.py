@@ -407,3 +407,90 @@ def test_make_report_writes_claims_csv_and_renders_it(tmp_path):
     assert "untrained, vs zhu: **contradicted** — DLG beats" in text
     # the report is rendered from claims.csv: a verdict edited there is what a re-render shows
     assert text.count("**supported**") == (table.verdict == "supported").sum() + 1  # +1: the DLG section line
+
+
+def test_load_tables_reads_either_file(tmp_path):
+    (tmp_path / "table1").mkdir()
+    (tmp_path / "analytic").mkdir()
+    (tmp_path / "victims").mkdir()
+    pd.DataFrame({"cell": ["a"], "psnr": [1.0]}).to_csv(tmp_path / "table1/images.csv", index=False)
+    pd.DataFrame({"cell": ["a"], "n": [1]}).to_csv(tmp_path / "table1/table.csv", index=False)
+    pd.DataFrame({"dtype": ["float32"]}).to_csv(tmp_path / "analytic/table.csv", index=False)
+    got = C.load_tables(tmp_path)
+    assert sorted(got) == ["analytic", "table1"]
+    assert got["analytic"][0] is None and list(got["analytic"][1].columns) == ["dtype"]
+    assert list(got["table1"][0].psnr) == [1.0] and list(got["table1"][1].n) == [1]
+    assert C.load_tables(tmp_path / "missing") == {}
+
+
+def test_default_claims_on_every_experiment():
+    """All of CLAIMS over one synthetic results set shaped like the pipeline's (incl. cells in two sweeps)."""
+    n, prior = 12, 10 + noise(20, 12)
+    t1 = []
+    for model in ("LeNetZhu", "ResNet20"):
+        for weights, shift in (("untrained", 8), ("trained", 4)):
+            t1.append(
+                images(
+                    f"{model}_{weights}_ours",
+                    prior + shift + noise(21, n),
+                    prior,
+                    model=model,
+                    weights=weights,
+                )
+            )
+            t1.append(
+                images(
+                    f"{model}_{weights}_zhu",
+                    prior + 0.2 * noise(22, n),
+                    prior,
+                    model=model,
+                    weights=weights,
+                    method="zhu",
+                )
+            )
+    fed = [images(f"n{s}_lr0.0001_K1_B0", prior + 5 + noise(23, n), prior, local_steps=s) for s in (1, 3)]
+    arch = [
+        images(
+            f"ResNet{d}-{w}_untrained",
+            prior + w + noise(24, n),
+            prior,
+            model=f"ResNet{d}-{w}",
+            axis=axis,
+            value=value,
+        )
+        for d, w, axis, value in [
+            (20, 1, "width", 1),
+            (20, 1, "depth", 20),
+            (20, 2, "width", 2),
+            (32, 1, "depth", 32),
+        ]
+    ]
+    imagenet = images("efficientnet-lite0", [9.0], [7.0], model="efficientnet-lite0", weights="pretrained")
+    batch = images("ResNet20_untrained_K12", [15.0])
+    batch["psnr_per_image"] = json.dumps(list(prior + 9 + noise(25, n)))
+    batch["psnr_prior_per_image"] = json.dumps(list(prior))
+    analytic = pd.DataFrame(
+        {"batch_size": [1, 1], "dtype": ["float32", "float64"], "rel_error_max": [1e-7, 1e-16]}
+    )
+    tabs = {
+        **tables(*t1),
+        **tables(*fed, experiment="fedavg"),
+        **tables(*arch, experiment="architecture"),
+        **tables(imagenet, experiment="imagenet"),
+        **tables(batch, experiment="batch"),
+        "analytic": (None, analytic),
+    }
+    out = C.decide(tabs)
+    got = {(r.claim, r.setting): r.verdict for r in out.itertuples()}
+    assert got[("1", "LeNetZhu untrained")] == "supported" and got[("1", "ResNet20 trained")] == "supported"
+    assert got[("1a", "")] == "supported"  # untrained ours ≈ prior + 8 ≈ 18 dB, within ±2 dB of the paper
+    assert got[("1b", "untrained, vs zhu_halfce")] == "not run"
+    assert got[("2", "LeNetZhu")] == "supported" and got[("3", "ResNet20")] == "supported"
+    assert got[("2b", "efficientnet-lite0")] == "not comparable"  # one image
+    assert got[("4", "untrained")] == "supported"  # ResNet20-2 vs ResNet20-1, the depth rows ignored
+    assert got[("5", "float32")] == "supported" and got[("5", "float64")] == "supported"
+    assert got[("6", "n3_lr0.0001_K1_B0")] == "supported" and ("6", "n1_lr0.0001_K1_B0") not in got
+    assert got[("7", "ResNet20_untrained_K12")] == "supported"
+    assert got[("8", "LeNetZhu")] == "supported"  # DLG ≈ prior: does not beat it by 3 dB
+    assert got[("8b", "")] == "not run"
+    assert set(out.claim) == {c.id for c in C.CLAIMS}

@@ -237,15 +237,12 @@ CLAIMS: tuple[Claim, ...] = (
 
 def load_tables(results_dir: str | Path) -> dict[str, tuple[pd.DataFrame | None, pd.DataFrame | None]]:
     """``{experiment: (images.csv or None, table.csv or None)}`` for every experiment folder with either file."""
+    root = Path(results_dir)
     out = {}
-    for folder in (
-        sorted(p for p in Path(results_dir).iterdir() if p.is_dir()) if Path(results_dir).exists() else []
-    ):
-        frames = tuple(
-            pd.read_csv(folder / f) if (folder / f).exists() else None for f in ("images.csv", "table.csv")
-        )
-        if any(f is not None for f in frames):
-            out[folder.name] = frames
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        images, table = (folder / "images.csv", folder / "table.csv")
+        if images.exists() or table.exists():
+            out[folder.name] = tuple(pd.read_csv(f) if f.exists() else None for f in (images, table))
     return out
 
 
