@@ -1,8 +1,8 @@
-"""figures/REPORT.md: every claim of PAPER §8 with the paper's number, ours, a verdict, and stage runtimes.
+"""figures/claims.csv (every claim's verdict, decided by invgrad.claims) and figures/REPORT.md rendered from it.
 
 python scripts/make_report.py --results results --benchmarks benchmarks/out --config-label config/config.yaml \
-    --recovered-psnr 18 --out figures/REPORT.md
-Verdicts are mechanical comparisons stated next to them; "not run" / "not comparable" are said as such.
+    --recovered-psnr 18 --claims figures/claims.csv --out figures/REPORT.md
+Verdicts come from paired tests on the same images (invgrad.claims); "not run" / "not comparable" carry a reason.
 """
 
 from __future__ import annotations
@@ -14,214 +14,101 @@ from pathlib import Path
 
 import pandas as pd
 
-from invgrad.io import save_text
+from invgrad import claims as claims_mod
+from invgrad.io import save_csv, save_text
 
 
-def read(results: Path, name: str, file: str = "table.csv") -> pd.DataFrame | None:
-    path = results / name / file
-    return pd.read_csv(path) if path.exists() else None
+def _num(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
 
 
-def fmt(mean, std=None) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    return f"{mean:.2f} ± {std:.2f} dB" if std is not None and not math.isnan(std) else f"{mean:.2f} dB"
-
-
-def ran(table):
-    return table[table.status == "ok"] if table is not None and "status" in table else table
-
-
-def claims(results: Path, recovered: float) -> list[tuple[str, str, str, str]]:
-    rows = []
-    t1 = read(results, "table1")
-    ok = ran(t1)
-    # 1: proposed beats DLG
-    if ok is not None and len(ok):
-        pairs = []
-        for (model, weights), g in ok.groupby(["model", "weights"]):
-            m = dict(zip(g.method, g.psnr_mean, strict=True))
-            if "ours" in m and "zhu" in m:
-                pairs.append(f"{model} {weights}: {m['ours']:.2f} vs {m['zhu']:.2f}")
-        wins = [p for p in pairs if float(p.split(": ")[1].split(" vs ")[0]) > float(p.split(" vs ")[1])]
-        verdict = (
-            "supported" if pairs and len(wins) == len(pairs) else "not supported" if pairs else "not run"
-        )
-        rows.append(
-            (
-                "1. Proposed (cosine, signed Adam, TV, box) beats Eucl. loss + L-BFGS (Table 1)",
-                "untrained LeNet (Zhu), proposed: 18.00 ± 3.33 dB [2nd-hand]; all other cells not published",
-                "; ".join(pairs) + " (mean PSNR, proposed vs DLG)",
-                f"{verdict} ({len(wins)}/{len(pairs)} cells)",
-            )
-        )
-        lenet = ok[(ok.model == "LeNetZhu") & (ok.weights == "untrained") & (ok.method == "ours")]
-        if len(lenet):
-            r = lenet.iloc[0]
-            diff = r.psnr_mean - 18.00
-            rows.append(
-                (
-                    "1a. Table 1 cell: proposed, untrained LeNet (Zhu)",
-                    "18.00 ± 3.33 dB (n=100, 4,800 its, TV 0.01)",
-                    f"{fmt(r.psnr_mean, r.psnr_std)} (n={int(r.n)}, {int(r.iterations)} its, TV {r.tv:g})",
-                    "within 1 paper SD"
-                    if abs(diff) <= 3.33
-                    else f"differs by {diff:+.2f} dB"
-                    + (
-                        ""
-                        if int(r.n) >= 100 and int(r.iterations) >= 4800
-                        else " (smaller budget: not comparable)"
-                    ),
-                )
-            )
-    else:
-        rows.append(("1. Proposed beats DLG (Table 1)", "18.00 ± 3.33 dB (one cell)", "not run", "not run"))
-    # 2 & 3: trained networks
-    im = ran(read(results, "imagenet"))
-    parts = []
-    if ok is not None and len(ok):
-        tr = ok[(ok.weights == "trained") & (ok.method == "ours")]
-        parts += [
-            f"{r.model} trained (acc {r.victim_accuracy:.2f}): {r.psnr_mean:.2f} dB" for r in tr.itertuples()
-        ]
-    if im is not None and len(im):
-        parts += [f"ImageNet {r.model} pretrained: {r.psnr_mean:.2f} dB" for r in im.itertuples()]
-    not_run = t1 is not None and "status" in t1 and (t1.status == "not run").any()
-    rows.append(
-        (
-            "2. Trained networks are attackable (Fig. 1/3, ImageNet ResNet-18/152)",
-            "qualitative; notebook ≈9.9 dB (R18) / ≈10.9 dB (R152) [NB, derived]",
-            "; ".join(parts)
-            or "not run" + (" (trained cells: not run — no training data)" if not_run else ""),
-            "reported (no published threshold)" if parts else "not run",
-        )
+def _cell_text(value) -> str:
+    return (
+        ""
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else str(value).replace("|", "/")
     )
-    cmp3 = []
-    if ok is not None and len(ok):
-        for (model, method), g in ok.groupby(["model", "method"]):
-            m = dict(zip(g.weights, g.psnr_mean, strict=True))
-            if "trained" in m and "untrained" in m:
-                cmp3.append((model, method, m["trained"], m["untrained"]))
-    rows.append(
-        (
-            "3. Trained networks are harder to invert than untrained ones",
-            "not published (notebook: untrained R18 ≈21.9 vs trained ≈9.9 dB, different configs)",
-            "; ".join(f"{a} {b}: trained {c:.2f} vs untrained {d:.2f}" for a, b, c, d in cmp3) or "not run",
-            ("supported" if all(c < d for *_, c, d in cmp3) else "mixed") if cmp3 else "not run",
-        )
-    )
-    # 4 architecture
-    ar = read(results, "architecture")
-    aok = ran(ar)
-    text, verdict = "not run", "not run"
-    if aok is not None and len(aok):
-        bits = []
-        for (axis, weights), g in aok.groupby(["axis", "weights"]):
-            g = g.sort_values("value")
-            bits.append(
-                f"{axis}/{weights}: "
-                + ", ".join(f"{v}: {p:.2f}" for v, p in zip(g.value, g.psnr_mean, strict=True))
-            )
-        width = aok[aok.axis == "width"].groupby("value").psnr_mean.mean().sort_index()
-        text = "; ".join(bits)
-        verdict = (
-            "wider leaks more"
-            if len(width) > 1 and width.iloc[-1] > width.iloc[0]
-            else "wider does not leak more"
-            if len(width) > 1
-            else "one width only"
-        )
-    rows.append(("4. Width/depth change the difficulty", "not published", text, verdict))
-    # 5 analytic
-    an = read(results, "analytic")
-    if an is not None:
-        single = an[an.batch_size == 1]
-        worst = {d: g.rel_error_max.max() for d, g in single.groupby("dtype")}
-        rows.append(
-            (
-                "5. Input of a biased FC layer is analytically recoverable",
-                "exact (proof); no number",
-                "max relative error K=1: "
-                + ", ".join(f"{d} {v:.1e}" for d, v in worst.items())
-                + f"; K>1 recovers the predicted weighted combination (median nearest-single-input error "
-                f"{an[an.batch_size > 1].rel_error_nearest_single_input.median():.2f})",
-                "supported"
-                if all(v < (1e-4 if d == "float32" else 1e-10) for d, v in worst.items())
-                else "not supported",
-            )
-        )
-    # 6 fedavg
-    fa = ran(read(results, "fedavg"))
-    if fa is not None and len(fa):
-        bits = [
-            f"n={r.local_steps}, K={r.images}, B={r.batch_size}, τ={r.local_lr:g}: {r.psnr_mean:.2f} dB"
-            for r in fa.itertuples()
-        ]
-        multi = fa[fa.local_steps > 1].psnr_mean
-        rows.append(
-            (
-                "6. Several local steps (FedAvg) do not protect (Table 2, Fig. 5)",
-                "not published; notebook 1 image 5 steps ≈25.1 dB, 8 images ≈15.8 dB [NB, derived]",
-                "; ".join(bits),
-                f"{'supported' if len(multi) and multi.max() >= recovered else 'not shown'} under this budget "
-                f"(best multi-step cell {multi.max():.2f} dB vs threshold {recovered} dB)"
-                if len(multi)
-                else "no multi-step cell",
-            )
-        )
-    # 7 batch
-    ba = read(results, "batch", "images.csv")
-    if ba is not None and len(ba) and (ba.status != "not run").any():
-        import json
 
-        rec = [json.loads(p.read_text()) for p in sorted((results / "batch").glob("*/u0.json"))][0]
-        values = [v for v in rec["psnr_per_image"] if v == v]
-        hits = sum(v >= recovered for v in values)
-        rows.append(
-            (
-                "7. A batch of many images still leaks some of them (Fig. 6, 100 CIFAR-100 images)",
-                "not published; breaching rerun (untrained): avg 11.20 dB, max 16.82 dB",
-                f"{len(values)} images: mean {sum(values) / len(values):.2f} dB, max {max(values):.2f} dB, "
-                f"{hits} ≥ {recovered} dB" + (f" — {rec['spec']['note']}" if rec["spec"].get("note") else ""),
-                "supported" if hits else f"not shown (no image ≥ {recovered} dB)",
-            )
+
+def statistic_text(row) -> str:
+    """The statistic and its CI as the comparison defines them."""
+    stat, low, high, p = (_num(row[c]) for c in ("statistic", "ci_low", "ci_high", "p_value"))
+    if stat is None:
+        return "—"
+    if row["comparison"] == "within_tolerance":
+        return f"{stat:.1e} (tolerance {_num(row['margin']):.0e})"
+    name = "ours − paper" if row["comparison"] == "matches_paper" else "Δ"
+    text = f"{name} {stat:+.2f} dB"
+    if low is not None and high is not None:
+        text += f", 95% CI [{low:+.2f}, {high:+.2f}]"
+    if p is not None:
+        text += f", p={p:.2g}"
+    return text
+
+
+def claim_lines(table: pd.DataFrame) -> list[str]:
+    lines = [
+        "| claim (PAPER §8) | paper | ours | n | statistic / CI | verdict | reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in table.to_dict("records"):
+        setting = _cell_text(row["setting"])
+        claim = f"{row['claim']}. {row['text']}" + (f" — {setting}" if setting else "")
+        n = _num(row["n"])
+        failures = _num(row["failures"])
+        count = "—" if n is None else f"{int(n)}" + (f" ({int(failures)} failed)" if failures else "")
+        lines.append(
+            f"| {_cell_text(claim)} | {_cell_text(row['paper'])} | {_cell_text(row['ours']) or '—'} | {count} | "
+            f"{statistic_text(row)} | **{row['verdict']}** | {_cell_text(row['reason'])} |"
         )
-    # 8 DLG on trained/ImageNet
-    if ok is not None and len(ok):
-        z = ok[(ok.method == "zhu")]
-        rows.append(
-            (
-                "8. DLG cannot attack trained models or ImageNet-sized data",
-                "qualitative",
-                "DLG: " + "; ".join(f"{r.model} {r.weights}: {r.psnr_mean:.2f} dB" for r in z.itertuples()),
-                "see claim 1 (DLG is not run on ImageNet here)",
-            )
+    return lines
+
+
+DLG_READING = {
+    "supported": 'DLG loses to the proposed attack on the same images: reproduces the paper\'s "DLG fails"',
+    "contradicted": 'DLG beats the proposed attack on the same images: does not reproduce "DLG fails"',
+    "inconclusive": 'no significant difference: does not show "DLG fails"',
+}
+
+
+def dlg_lines(table: pd.DataFrame) -> list[str]:
+    """Which DLG setting (user loss 0.5·CE vs CE on both sides) reproduces the paper's "DLG fails", from claim 1b."""
+    rows = table[table.claim == "1b"]
+    lines = [
+        "\n## The DLG discrepancy\n",
+        "Until 2021-03 the paper's code trained the user with 0.5·CE while the attacker assumed CE; this scales the "
+        "gradient the Euclidean (DLG) loss matches, not the scale-invariant cosine loss. `zhu_halfce` is DLG under that "
+        "mismatch, `zhu` DLG with the same loss on both sides (claim 1b rows above).\n",
+    ]
+    if rows.empty:
+        return lines + ["No claim-1b rows: table1 did not plan these cells.\n"]
+    for row in rows.to_dict("records"):
+        reading = DLG_READING.get(row["verdict"], f"cannot tell ({_cell_text(row['reason'])})")
+        lines.append(f"- LeNet (Zhu) {_cell_text(row['setting'])}: **{row['verdict']}** — {reading}.")
+    return lines
+
+
+def extra_lines(tables) -> list[str]:
+    """Numbers that are not claims of the paper: label recovery and defenses (reported, no verdict)."""
+    lines = []
+    labels = tables.get("labels", (None, None))[1]
+    if labels is not None and {"model", "batch_size", "accuracy_mean"} <= set(labels.columns):
+        lines.append(
+            "- labels recoverable from the last layer (the attack assumes known labels): "
+            + "; ".join(f"{r.model} K={r.batch_size}: {r.accuracy_mean:.2f}" for r in labels.itertuples())
         )
-    lab = read(results, "labels")
-    if lab is not None:
-        rows.append(
-            (
-                "(extra) labels recoverable from the last layer (attack assumes known labels)",
-                "—",
-                "; ".join(f"{r.model} K={r.batch_size}: {r.accuracy_mean:.2f}" for r in lab.itertuples()),
-                "reported",
-            )
+    defenses = tables.get("defenses", (None, None))[1]
+    if defenses is not None and "psnr_mean" in defenses.columns:
+        ran = defenses[defenses.status == "ok"] if "status" in defenses.columns else defenses
+        lines.append(
+            "- defenses (not in the paper), mean PSNR: "
+            + "; ".join(f"{r.cell}: {r.psnr_mean:.2f} dB" for r in ran.itertuples())
         )
-    de = ran(read(results, "defenses"))
-    if de is not None and len(de):
-        rows.append(
-            (
-                "(extra) defenses: PSNR against noise / pruning",
-                "not in the paper",
-                "; ".join(
-                    f"{r.cell}: {r.psnr_mean:.2f} dB"
-                    + (f" (ε={r.epsilon:.3g})" if r.defense == "noise" else "")
-                    for r in de.itertuples()
-                ),
-                "reported",
-            )
-        )
-    return rows
+    return ["\n## Extras (reported, no verdict)\n", *lines] if lines else []
 
 
 def victim_lines(results: Path) -> list[str]:
@@ -290,20 +177,28 @@ def main(argv=None) -> int:
     p.add_argument("--benchmarks", default="benchmarks/out")
     p.add_argument("--config-label", default="config/config.yaml")
     p.add_argument("--recovered-psnr", type=float, default=18.0)
+    p.add_argument("--claims", default="figures/claims.csv", help="where the verdict table is written")
     p.add_argument("--out", default="figures/REPORT.md")
     args = p.parse_args(argv)
     results = Path(args.results)
+    tables = claims_mod.load_tables(results)
+    save_csv(claims_mod.decide(tables, recovered=args.recovered_psnr), args.claims)
+    verdicts = pd.read_csv(args.claims)  # the report shows what claims.csv says, nothing else
     lines = [
         "# Replication report — Inverting Gradients (Geiping et al. 2020)\n",
-        f"Config: `{args.config_label}`. PSNR on de-normalised images clamped to [0,1], per image, then averaged; "
-        "mean ± np.std (ddof 0). The quick default config uses small budgets and substitutes (labelled): its numbers "
-        "are real but not comparable with the paper's. Paper numbers from PAPER.md (§2, §3, §8); "
-        "'not published' = not found there.\n",
-        "| claim (PAPER §8) | paper | ours | verdict |",
-        "|---|---|---|---|",
+        f"Config: `{args.config_label}`. PSNR on de-normalised images clamped to [0,1], per image. Verdicts "
+        f"(from `{Path(args.claims).name}`): paired per image (same images), two-sided Wilcoxon signed-rank p and a "
+        f"paired-bootstrap 95% CI ({claims_mod.RESAMPLES:,} resamples) of the mean difference; *supported* needs "
+        f"p < {claims_mod.ALPHA} and the CI above the claim's margin, *contradicted* the CI below it. A failed "
+        'reconstruction (NaN PSNR) counts as 0 dB. "Prior" = the PSNR of the data set\'s mean-colour image (an '
+        f'attacker who learned nothing); "attackable" = beats it by {claims_mod.ATTACKABLE_DB:g} dB. Paper '
+        f"equivalence margin ±{claims_mod.DELTA_DB:g} dB (0.6 of the paper's per-image SD). Cells are *not "
+        f"comparable* below {claims_mod.MIN_PAIRS} paired images, below the paper's budget when methods are "
+        "compared, with a victim below its accuracy floor, or without convergence evidence.\n",
+        *claim_lines(verdicts),
     ]
-    for claim, paper, ours, verdict in claims(results, args.recovered_psnr):
-        lines.append(f"| {claim} | {paper} | {ours} | {verdict} |")
+    lines += dlg_lines(verdicts)
+    lines += extra_lines(tables)
     lines += victim_lines(results)
     lines += [
         "\n## Runtime per stage (Snakemake benchmark files)\n",

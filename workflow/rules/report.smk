@@ -1,14 +1,16 @@
 rule replication_report:
-    """figures/REPORT.md: every claim of PAPER §8 — the paper's number, ours, the verdict — and stage runtimes."""
+    """figures/claims.csv (every claim of PAPER §8 decided by invgrad.claims) and figures/REPORT.md rendered from it."""
     input:
         tables=expand("results/{experiment}/table.csv", experiment=NOTEBOOK_EXPERIMENTS),
+        images=expand("results/{experiment}/images.csv", experiment=list(CELLS)),
         figures=[f for e in NOTEBOOK_EXPERIMENTS for f in figure_files(e, "png")],
     output:
-        report(
+        report=report(
             "figures/REPORT.md",
             caption="../report/report.rst",
             category="Replication report",
         ),
+        claims="figures/claims.csv",
     log:
         "logs/report.log",
     benchmark:
@@ -20,4 +22,4 @@ rule replication_report:
         recovered=config["report"]["recovered_psnr"],
     shell:
         "python scripts/make_report.py --results results --benchmarks benchmarks/out --config-label {params.label:q} "
-        "--recovered-psnr {params.recovered} --out {output} > {log} 2>&1"
+        "--recovered-psnr {params.recovered} --claims {output.claims} --out {output.report} > {log} 2>&1"
