@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The one lock file: exact versions of everything, produced by `make lock` (command in its header).
+LOCK := constraints.txt
 
 # Caches stay inside the project, never in the user's home by surprise.
 export TORCH_HOME := $(CURDIR)/.cache/torch
@@ -15,17 +17,23 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # trained cells are reported "not run" (see README). `dvc pull` restores it too, where a remote holds it.
 CIFAR10_ARCHIVE ?= ../shared/datasets/cifar10-jpeg.tar.gz
 
-.PHONY: all install run demo test lint bench report clean
+.PHONY: all install lock run demo test lint bench report clean
 
 all: run
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[workflow,dev]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[workflow,dev]"
 	touch $@
 
 install: $(STAMP)
+
+# Re-resolve the lock from pyproject.toml + constraints.in, keeping the current pins where they still fit
+# (`make lock UPGRADE=--upgrade` takes the newest versions instead).
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml constraints.in --extra workflow --extra dev --python-version 3.11 \
+		-o $(LOCK) $(UPGRADE)
 
 # The main job: the whole DAG on the quick offline config -> figures/ and figures/REPORT.md.
 run: $(STAMP)

@@ -113,21 +113,57 @@ def test_out_of_range_parameters_name_the_value(kwargs, fragment):
 
 
 # -- (ε, δ) --------------------------------------------------------------------------------------------------------
+def _dp_accounting_epsilon(sigma, clip, delta):
+    """Independent reference: dp-accounting's PLD accountant, replace-one, noise multiplier σ/C (it doubles the
+    sensitivity for REPLACE_ONE itself). A coarse grid for small σ/C keeps its memory small (0.1 s, 130 MB)."""
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    interval = 1e-2 if sigma / clip < 0.5 else 1e-4
+    accountant = pld_privacy_accountant.PLDAccountant(NeighboringRelation.REPLACE_ONE, interval)
+    accountant.compose(dp_event.GaussianDpEvent(sigma / clip))
+    return accountant.get_epsilon(delta)
+
+
+@pytest.mark.parametrize(
+    "sigma, clip, delta, expected",
+    [
+        (0.1, 1.0, 1e-5, 284.392),  # add/remove-one with sensitivity C would read 91.8: understated 3×
+        (2.0, 2.0, 1e-5, 9.9973),
+        (1.0, 0.5, 1e-6, 4.8866),
+        (0.3, 1.0, 1e-3, 42.005),
+    ],
+)
+def test_epsilon_is_for_replace_one_with_sensitivity_2c(sigma, clip, delta, expected):
+    privacy = Defense(clip=clip, noise=sigma).privacy(delta)
+    assert privacy["neighbouring"] == "replace-one" and privacy["sensitivity"] == 2 * clip
+    assert privacy["noise_multiplier"] == pytest.approx(sigma / clip)
+    reference = _dp_accounting_epsilon(sigma, clip, delta)
+    assert privacy["epsilon"] == pytest.approx(reference, rel=1e-4)
+    assert privacy["epsilon_analytic"] == pytest.approx(reference, rel=1e-4)
+    assert privacy["epsilon"] == pytest.approx(expected, rel=1e-3)
+    # the Balle–Wang characterisation at sensitivity 2C: δ(ε) hits δ exactly at the reported ε
+    assert _analytic_delta(privacy["epsilon_analytic"], sigma / (2 * clip)) == pytest.approx(delta, rel=1e-6)
+
+
 def test_epsilon_of_one_gaussian_release():
-    """dp-accounting's PLD accountant vs the own exact analytic formula (Balle & Wang 2018): z = σ/C = 1,
-    δ = 1e-5 gives ε = 4.3772 (both; they agree to 1e-8 relative for z = 0.5 … 5)."""
+    """dp-accounting's PLD accountant (REPLACE_ONE) vs the own exact analytic formula: z = σ/C = 1, δ = 1e-5
+    gives ε = 9.9973 (both; they agree to 1e-8 relative for z = 0.5 … 5)."""
     for z in (0.5, 1.0, 2.0, 5.0):
         eps, accountant = gaussian_epsilon(z, 1e-5)
+        assert "REPLACE_ONE" in accountant
         assert eps == pytest.approx(analytic_gaussian_epsilon(z, 1e-5), rel=1e-6)
-        assert _analytic_delta(eps, z) == pytest.approx(1e-5, rel=1e-3)
-    assert analytic_gaussian_epsilon(1.0, 1e-5) == pytest.approx(4.3772, abs=1e-4)
-    privacy = Defense(clip=2.0, noise=2.0).privacy(1e-5)
-    assert privacy["noise_multiplier"] == 1.0 and privacy["epsilon"] == pytest.approx(4.3772, abs=1e-3)
-    assert "dp-accounting" in privacy["accountant"] or "analytic" in privacy["accountant"]
-    assert Defense(clip=1.0, noise=4.0).privacy()["epsilon"] < privacy["epsilon"]
-    assert Defense(noise=1.0).privacy()["epsilon"] == math.inf  # no clipping: unbounded sensitivity
+        assert _analytic_delta(eps, z / 2) == pytest.approx(1e-5, rel=1e-3)
+    assert analytic_gaussian_epsilon(1.0, 1e-5) == pytest.approx(9.9973, abs=1e-4)
+    assert (
+        Defense(clip=1.0, noise=4.0).privacy()["epsilon"] < Defense(clip=1.0, noise=1.0).privacy()["epsilon"]
+    )
+    unclipped = Defense(noise=1.0).privacy()
+    assert unclipped["epsilon"] == math.inf and unclipped["sensitivity"] == math.inf  # unbounded sensitivity
+    assert unclipped["neighbouring"] == "replace-one"
     assert gaussian_epsilon(0.01, 1e-5)[0] == pytest.approx(
-        5425.5, rel=1e-3
+        20852.0, rel=1e-3
     )  # tiny z: analytic, no huge grid
     with pytest.raises(ValueError, match="delta must lie in"):
         Defense(clip=1.0, noise=1.0).privacy(0.0)
@@ -143,7 +179,7 @@ def test_large_noise_lowers_psnr_to_the_noise_level(lenet, cifar_samples, cifar_
     """LeNetZhu, images 0 and 8, 200 iterations, clean and noisy updates attacked in one batched call.
 
     Clip C = 1 (the update norm is 27.8, so it is scaled down), σ = 0.1 per entry: noise norm ≈ 0.1·√15826 ≈ 12.6 ≫ 1
-    (z = 0.1, ε ≈ 92 at δ = 1e-5: a weak guarantee, yet the attack fails). Measured: clean 20.1 / 17.4 dB, noisy
+    (z = 0.1, ε ≈ 284 at δ = 1e-5, replace-one: no meaningful guarantee, yet the attack fails). Measured: clean 20.1 / 17.4 dB, noisy
     8.2 / 7.7 dB (random candidates: 10.4 / 9.5 dB); σ = 0.01 gave 11.6 / 11.1 dB, σ = 0.001 19.2 / 17.3 dB.
     Floors: each noisy image ≥ 6 dB below its clean reconstruction and ≤ 12 dB.
     """
@@ -161,7 +197,7 @@ def test_large_noise_lowers_psnr_to_the_noise_level(lenet, cifar_samples, cifar_
     clean_psnr, noisy_psnr = psnr[:2], psnr[2:]
     assert bool((noisy_psnr <= clean_psnr - 6).all()), psnr
     assert bool((noisy_psnr <= 12).all()), psnr
-    assert defense.privacy()["epsilon"] == pytest.approx(91.817, rel=1e-3)
+    assert defense.privacy()["epsilon"] == pytest.approx(284.392, rel=1e-3)
 
 
 def test_an_attacker_aware_of_pruning_does_better(lenet, cifar_samples, cifar_stats):

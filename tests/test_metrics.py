@@ -23,7 +23,27 @@ def test_psnr_failure_is_nan_and_counted():
     psnr = metrics.psnr_per_image(rec, truth).tolist()
     assert math.isnan(psnr[1])
     summary = metrics.summarize(psnr)
-    assert summary["failures"] == 1 and summary["n"] == 2 and summary["mean"] == pytest.approx(20.0, abs=1e-4)
+    assert summary["failures"] == 1 and summary["n"] == 2
+    assert summary["mean"] == pytest.approx(
+        10.0, abs=1e-4
+    )  # the paper's aggregation: NaN -> 0, then the mean
+    assert summary["mean_ok"] == pytest.approx(20.0, abs=1e-4)
+
+
+def test_summary_follows_the_papers_nan_to_zero_aggregation():
+    values = [20.0, math.nan, 30.0, math.nan]
+    summary = metrics.summarize(values)
+    as_paper = np.nan_to_num(np.array(values))  # rec_mult.py: NaN -> 0 before every statistic
+    assert summary["n"] == 4 and summary["failures"] == 2
+    assert summary["mean"] == pytest.approx(float(as_paper.mean())) == pytest.approx(12.5)
+    assert summary["std"] == pytest.approx(float(as_paper.std()))
+    assert (summary["median"], summary["min"], summary["max"]) == (10.0, 0.0, 30.0)
+    assert summary["mean_ok"] == pytest.approx(25.0)
+    exact = metrics.summarize([math.inf, 20.0])  # an exact match stays +inf, not 1.8e308
+    assert exact["max"] == math.inf and exact["failures"] == 0
+    all_failed = metrics.summarize([math.nan, math.nan])
+    assert all_failed["failures"] == 2 and all_failed["mean"] == 0.0 and math.isnan(all_failed["mean_ok"])
+    assert math.isnan(metrics.summarize([])["mean"])
 
 
 def test_summary_uses_population_std():

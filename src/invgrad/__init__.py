@@ -1,5 +1,6 @@
 """invgrad: gradient inversion attacks (Geiping et al., 2020) as a library."""
 
+from . import metrics
 from .analytic import invert_linear, recover_layer_input
 from .attack import GradientReconstructor, parameters_of
 from .config import DEFAULT_CONFIG, PRESETS, ConfigError, make_config
@@ -20,6 +21,7 @@ __all__ = [
     "last_layer_labels",
     "local_update",
     "make_config",
+    "metrics",
     "parameters_of",
     "recover_layer_input",
     "shared_gradient",

@@ -5,11 +5,15 @@ every entry → top-k pruning (keep the fraction p of largest-magnitude entries 
 quantisation of each tensor. Clip + noise is the Gaussian mechanism; pruning and quantisation come after it, so
 they are post-processing and the (ε, δ) of the release is exactly that of the Gaussian mechanism.
 
-Privacy of one release: the update, clipped to norm C, has ℓ2 sensitivity C under add/remove-one-user adjacency
-(a user's whole contribution is present or absent), so noise σ is the Gaussian mechanism with noise multiplier
-z = σ / C. ε at a given δ comes from Google's ``dp-accounting`` library (privacy-loss-distribution accountant,
-tight for one Gaussian release) when it is installed and z ≥ 0.25, else from the exact analytic characterisation of
-the Gaussian mechanism (Balle & Wang 2018, Theorem 8) implemented here; both are reported and agree to ~1e-8.
+Privacy of one release: the released object is one user's own update, so the fitting neighbouring relation is
+replace-one (the user's data replaced by other data), not add/remove-one (there is no aggregate for a user to be
+absent from). Clipped to norm C, two updates differ by at most 2C in ℓ2, so the Gaussian mechanism's sensitivity is
+2C and its effective noise ratio σ / (2C). We report the noise multiplier z = σ / C (dp-accounting's convention:
+σ relative to the per-user norm bound) and compute ε at a given δ with Google's ``dp-accounting`` privacy-loss-
+distribution accountant under ``NeighboringRelation.REPLACE_ONE`` (tight for one Gaussian release) when it is
+installed and z ≥ 0.5, else from the exact analytic characterisation of the Gaussian mechanism (Balle & Wang 2018,
+Theorem 8) with sensitivity 2C, implemented here; both are reported and agree to ~1e-8. At σ = 0.1, C = 1,
+δ = 1e-5: ε ≈ 284.4 (the add/remove-one figure, 91.8, would understate it).
 Without clipping the sensitivity is unbounded and ε = inf.
 
 The attack is unaware of the defense unless told: a reconstructor built with ``defense=Defense(...)`` applies the
@@ -94,20 +98,28 @@ class Defense:
         return out
 
     def privacy(self, delta: float = 1e-5) -> dict:
-        """(ε, δ) of one release (see module docstring)."""
+        """(ε, δ) of one release under replace-one adjacency, sensitivity 2C (see module docstring)."""
         _number("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
+        relation = {"neighbouring": NEIGHBOURING, "delta": delta}
         if self.clip is None or self.noise == 0:
             reason = "no clipping: unbounded sensitivity" if self.clip is None else "no noise"
-            return {"epsilon": math.inf, "delta": delta, "noise_multiplier": None, "accountant": reason}
+            sensitivity = math.inf if self.clip is None else SENSITIVITY_PER_CLIP * self.clip
+            return {
+                "epsilon": math.inf,
+                **relation,
+                "sensitivity": sensitivity,
+                "noise_multiplier": None,
+                "accountant": reason,
+            }
         z = self.noise / self.clip
         eps, accountant = gaussian_epsilon(z, delta)
         return {
             "epsilon": eps,
-            "delta": delta,
+            **relation,
+            "sensitivity": SENSITIVITY_PER_CLIP * self.clip,
             "noise_multiplier": z,
             "epsilon_analytic": analytic_gaussian_epsilon(z, delta),
             "accountant": accountant,
-            "adjacency": "add/remove one user, sensitivity = clip",
         }
 
     def as_dict(self) -> dict:
@@ -163,9 +175,13 @@ def quantize_update(update: Sequence[torch.Tensor], bits: int) -> list[torch.Ten
 
 
 # -- (ε, δ) of one Gaussian release -----------------------------------------------------------------------------
-def _analytic_delta(eps: float, z: float) -> float:
-    """δ(ε) of the Gaussian mechanism with noise multiplier z (Balle & Wang 2018, Thm 8)."""
-    a, b = 1.0 / (2 * z), eps * z
+NEIGHBOURING = "replace-one"
+SENSITIVITY_PER_CLIP = 2.0  # replace-one: two clipped updates differ by at most 2C
+
+
+def _analytic_delta(eps: float, ratio: float) -> float:
+    """δ(ε) of the Gaussian mechanism with noise std / ℓ2 sensitivity = ``ratio`` (Balle & Wang 2018, Thm 8)."""
+    a, b = 1.0 / (2 * ratio), eps * ratio
     # Φ(a − b) − e^ε Φ(−a − b), computed with log-survival terms to stay finite for large ε.
     first = norm.cdf(a - b)
     second = math.exp(eps + norm.logcdf(-a - b)) if eps + norm.logcdf(-a - b) > -745 else 0.0
@@ -173,34 +189,36 @@ def _analytic_delta(eps: float, z: float) -> float:
 
 
 def analytic_gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
-    """Smallest ε with δ(ε) ≤ δ, by bisection on the exact formula (own implementation)."""
+    """Smallest ε with δ(ε) ≤ δ under replace-one (ratio σ / 2C = z / 2), by bisection on the exact formula."""
     z = _number("noise multiplier", noise_multiplier, 0.0, math.inf, low_open=True, high_open=True)
-    if _analytic_delta(0.0, z) <= delta:
+    ratio = z / SENSITIVITY_PER_CLIP
+    if _analytic_delta(0.0, ratio) <= delta:
         return 0.0
     high = 1.0
-    while _analytic_delta(high, z) > delta:
+    while _analytic_delta(high, ratio) > delta:
         high *= 2
         if high > 1e15:
             return math.inf
-    return float(brentq(lambda e: _analytic_delta(e, z) - delta, 0.0, high, xtol=1e-12, rtol=1e-12))
+    return float(brentq(lambda e: _analytic_delta(e, ratio) - delta, 0.0, high, xtol=1e-12, rtol=1e-12))
 
 
-PLD_MIN_NOISE_MULTIPLIER = (
-    0.25  # below, the PLD accountant's grid needs > 0.3 GB (0.7 GB at z = 0.1; OOM at 0.01)
-)
+# Below, the PLD accountant's grid (default discretisation) needs > 0.3 GB: 0.7 GB at z = 0.2, OOM at z = 0.02.
+PLD_MIN_NOISE_MULTIPLIER = 0.5
 
 
 def gaussian_epsilon(noise_multiplier: float, delta: float) -> tuple[float, str]:
-    """ε of one Gaussian release: dp-accounting's PLD accountant if installed (and z ≥ 0.25, where its memory
-    stays small), else the exact analytic formula — ε > 25 there, i.e. no meaningful privacy either way."""
+    """ε of one Gaussian release, replace-one, noise multiplier z = σ / C: dp-accounting's PLD accountant if
+    installed (and z ≥ 0.5, where its memory stays small), else the exact analytic formula — ε > 24 there, i.e.
+    no meaningful privacy either way."""
     analytic = "analytic Gaussian mechanism (Balle & Wang 2018, own implementation)"
     if noise_multiplier < PLD_MIN_NOISE_MULTIPLIER:
         return analytic_gaussian_epsilon(noise_multiplier, delta), analytic
     try:
         from dp_accounting import dp_event
         from dp_accounting.pld import pld_privacy_accountant
+        from dp_accounting.privacy_accountant import NeighboringRelation
     except ImportError:
         return analytic_gaussian_epsilon(noise_multiplier, delta), analytic
-    accountant = pld_privacy_accountant.PLDAccountant()
+    accountant = pld_privacy_accountant.PLDAccountant(NeighboringRelation.REPLACE_ONE)
     accountant.compose(dp_event.GaussianDpEvent(noise_multiplier))
-    return float(accountant.get_epsilon(delta)), "dp-accounting PLDAccountant"
+    return float(accountant.get_epsilon(delta)), "dp-accounting PLDAccountant (REPLACE_ONE)"

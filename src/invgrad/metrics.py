@@ -94,22 +94,31 @@ def image_metrics(rec: torch.Tensor, truth: torch.Tensor, match: bool = False) -
     }
 
 
-def summarize(values: Sequence[float]) -> dict:
-    """Table statistics over experiments: mean, np.std (ddof=0), median, min, max over the non-failed values.
+def _std(values: np.ndarray) -> float:
+    with np.errstate(invalid="ignore"):  # inf - inf in the deviations: std is NaN, as numpy defines it
+        return float(values.std())
 
-    Failures (NaN) are counted, never dropped silently: the count travels with the numbers.
+
+def summarize(values: Sequence[float]) -> dict:
+    """Table statistics over experiments, aggregated as the paper's ``rec_mult.py`` does: failures (NaN) become 0
+    (``np.nan_to_num(nan=0)``; ±inf, e.g. PSNR of an exact match, stays inf), then mean, np.std (ddof=0), median,
+    min and max over all n values.
+
+    So a failed image pulls the mean down instead of vanishing from it, and ``failures`` (the NaN count) travels
+    next to the mean; ``mean_ok`` is the mean over the non-failed values alone, for comparison.
     """
     array = np.asarray(values, dtype=float)
-    finite = array[~np.isnan(array)]
-    stats = {"n": int(array.size), "failures": int(array.size - finite.size)}
-    if finite.size:
-        stats.update(
-            mean=float(finite.mean()),
-            std=float(finite.std()),
-            median=float(np.median(finite)),
-            min=float(finite.min()),
-            max=float(finite.max()),
-        )
-    else:
-        stats.update(mean=math.nan, std=math.nan, median=math.nan, min=math.nan, max=math.nan)
-    return stats
+    failed = np.isnan(array)
+    paper = np.nan_to_num(array, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    stats = {"n": int(array.size), "failures": int(failed.sum())}
+    if not array.size:
+        return {**stats, **dict.fromkeys(("mean", "mean_ok", "std", "median", "min", "max"), math.nan)}
+    return {
+        **stats,
+        "mean": float(paper.mean()),
+        "mean_ok": float(array[~failed].mean()) if (~failed).any() else math.nan,
+        "std": _std(paper),
+        "median": float(np.median(paper)),
+        "min": float(paper.min()),
+        "max": float(paper.max()),
+    }
