@@ -74,13 +74,20 @@ def assert_matches_torch_alone(loss_fn, starts, steps, atol, element_fn=None, **
     return variables, optimizer
 
 
-def test_quadratic_elements_match_torch_and_a_converged_one_stops():
+@pytest.mark.parametrize("history_size", [100, 2])  # 2: full histories wrap, at different slots per element
+def test_quadratic_elements_match_torch_and_a_converged_one_stops(history_size):
     scales = torch.tensor([[[1.0, 1.0, 1.0]], [[1.0, 10.0, 100.0]], [[1.0, 1e3, 1e-2]]], dtype=torch.float64)
     starts = [torch.tensor([[[1.0, -2.0, 0.5]], [[1.0, -2.0, 0.5]], [[3.0, 1.0, -1.0]]], dtype=torch.float64)]
     variables, optimizer = assert_matches_torch_alone(
-        quadratic(scales), starts, steps=1, atol=1e-12, element_fn=lambda b: quadratic(scales[b : b + 1])
+        quadratic(scales),
+        starts,
+        steps=1,
+        atol=1e-12,
+        element_fn=lambda b: quadratic(scales[b : b + 1]),
+        history_size=history_size,
     )
     state = optimizer.state[variables[0]]
+    assert history_size == 100 or len(set(state["head"].tolist())) > 1
     # the round bowl is solved by the first (scaled) steepest-descent pair and stops; the others run on
     assert float(variables[0][0].detach().abs().max()) < 1e-7
     assert int(state["n_iter"][0]) < 5 and int(state["n_iter"][1]) > int(state["n_iter"][0])

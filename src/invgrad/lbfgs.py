@@ -17,10 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-# per-element state kept across step() calls, as torch keeps it (old_dirs/old_stps/ro hold `length` entries)
-STATE_KEYS = ("func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "length", "H_diag")
-STATE_KEYS += ("prev_flat_grad", "prev_loss")
-COUNTERS = ("func_evals", "n_iter", "length")  # exact below 2**24 even after a float32 round trip
+# integer per-element state (the rest as torch keeps it: d, t, history = old_dirs and old_stps, ro, H_diag,
+# prev_flat_grad, prev_loss)
+COUNTERS = ("func_evals", "n_iter", "length", "head")  # exact below 2**24 even after a float32 round trip
 CURVATURE_EPS = 1e-10  # torch's threshold on y·s for a history update
 
 
@@ -102,10 +101,12 @@ class BatchedLBFGS(torch.optim.Optimizer):
                 n_iter=torch.zeros(b, **count),
                 d=torch.zeros(b, n, **like),
                 t=torch.zeros(b, **like),
-                old_dirs=torch.zeros(b, 0, n, **like),
-                old_stps=torch.zeros(b, 0, n, **like),
+                history=torch.zeros(
+                    b, 0, 2, n, **like
+                ),  # torch's old_dirs (y, [..., 0, :]), old_stps (s, [..., 1, :])
                 ro=torch.zeros(b, 0, **like),
-                length=torch.zeros(b, **count),
+                length=torch.zeros(b, **count),  # history entries held, from slot `head` on (a ring)
+                head=torch.zeros(b, **count),
                 H_diag=torch.ones(b, **like),
                 prev_flat_grad=torch.zeros(b, n, **like),
                 prev_loss=torch.zeros(b, **like),  # the closure's dtype: lossless (torch keeps a float)
@@ -174,7 +175,8 @@ class BatchedLBFGS(torch.optim.Optimizer):
         """Steepest descent where an element starts (history reset); the two-loop L-BFGS direction elsewhere."""
         length = torch.where(first, torch.zeros_like(state["length"]), state["length"])
         if bool(first.any()):  # a (re)starting element forgets its history, as in torch
-            for key in ("old_dirs", "old_stps", "ro"):
+            state["head"] = torch.where(first, torch.zeros_like(state["head"]), state["head"])
+            for key in ("history", "ro"):
                 state[key][first] = 0
         state["H_diag"] = torch.where(first, torch.ones_like(state["H_diag"]), state["H_diag"])
         y = flat_grad - state["prev_flat_grad"]
@@ -185,41 +187,64 @@ class BatchedLBFGS(torch.optim.Optimizer):
             length = self._push(state, length, push, y, s, ys, history_size)
             state["H_diag"] = torch.where(push, ys / _dot(y, y), state["H_diag"])
         state["length"] = length
-        old_dirs, old_stps = state["old_dirs"], state["old_stps"]
-        valid = torch.arange(old_dirs.shape[1], device=length.device)[None, :] < length[:, None]
-        ro = torch.where(valid, state["ro"], torch.zeros_like(state["ro"]))
+        entry = self._entries(state, length)
         q = flat_grad.neg()
-        al = torch.zeros_like(ro)
-        for i in range(int(length.max()) - 1, -1, -1):  # newest to oldest; invalid entries add zero
-            al[:, i] = _dot(old_stps[:, i], q) * ro[:, i]
-            q = q - al[:, i, None] * old_dirs[:, i]
+        al, entries = {}, {}
+        for i in range(int(length.max()) - 1, -1, -1):  # newest to oldest; invalid entries add exact zeros
+            entries[i] = s_i, y_i, ro_i = entry(i)
+            al[i] = _dot(s_i, q) * ro_i
+            q.addcmul_(al[i][:, None], y_i, value=-1)
         r = q * state["H_diag"][:, None]
         for i in range(int(length.max())):
-            be_i = _dot(old_dirs[:, i], r) * ro[:, i]
-            r = r + (al[:, i] - be_i)[:, None] * old_stps[:, i]
+            s_i, y_i, ro_i = entries.pop(i)
+            be_i = _dot(y_i, r) * ro_i
+            r.addcmul_((al[i] - be_i)[:, None], s_i)
         return torch.where(first[:, None], flat_grad.neg(), r)
 
     @staticmethod
+    def _entries(state, length) -> Callable:
+        """i -> (s_i, y_i, ro_i) of every element's i-th oldest history entry (ro 0 past its length).
+
+        The history is a ring buffer per element (``head``: its oldest slot), so dropping the oldest entry of a
+        full history costs nothing; where all heads agree (the usual case) an entry is a plain slice."""
+        history, ro, head = state["history"], state["ro"], state["head"]
+        batch, capacity = ro.shape
+        flat = history.view(batch * capacity, 2 * history.shape[-1])
+        shared = bool((head == head[0]).all())
+        offset = int(head[0]) if shared else 0
+        rows = torch.arange(batch, device=head.device) * capacity
+
+        def entry(i: int):
+            if shared:
+                slot = (offset + i) % capacity
+                pair, ro_i = history[:, slot], ro[:, slot]
+            else:  # one gather for both vectors of the pair
+                index = rows + (head + i) % capacity
+                pair, ro_i = (
+                    flat.index_select(0, index).view(batch, 2, -1),
+                    ro.view(-1).index_select(0, index),
+                )
+            return pair[:, 1], pair[:, 0], torch.where(length > i, ro_i, torch.zeros_like(ro_i))
+
+        return entry
+
+    @staticmethod
     def _push(state, length, push, y, s, ys, history_size) -> torch.Tensor:
-        """Append (y, s, 1/ys) to each pushing element's history; a full one drops its oldest entry first."""
-        capacity = state["old_dirs"].shape[1]
+        """Append (y, s, 1/ys) to each pushing element's history; a full one overwrites its oldest entry."""
+        capacity = state["ro"].shape[1]
         needed = int(torch.where(push, length + 1, length).clamp(max=history_size).max())
-        if needed > capacity:  # grow the buffers (zeros) rather than allocate history_size up front
+        if needed > capacity:  # grow (zeros) rather than allocate history_size up front; no ring has wrapped
             grow = min(history_size, max(needed, 2 * capacity)) - capacity
-            for key in ("old_dirs", "old_stps"):
-                pad = state[key].new_zeros(state[key].shape[0], grow, state[key].shape[2])
+            for key in ("history", "ro"):
+                pad = state[key].new_zeros(state[key].shape[0], grow, *state[key].shape[2:])
                 state[key] = torch.cat([state[key], pad], dim=1)
-            state["ro"] = torch.cat([state["ro"], state["ro"].new_zeros(state["ro"].shape[0], grow)], dim=1)
+            capacity = state["ro"].shape[1]
         full = push & (length == history_size)
-        if bool(full.any()):
-            for key in ("old_dirs", "old_stps", "ro"):
-                shifted = state[key][full, 1:].clone()
-                state[key][full, : history_size - 1] = shifted
-        position = torch.where(full, length - 1, length)
+        slot = (state["head"] + torch.where(full, torch.zeros_like(length), length)) % capacity
         rows = torch.nonzero(push).flatten()
-        state["old_dirs"][rows, position[rows]] = y[rows]
-        state["old_stps"][rows, position[rows]] = s[rows]
-        state["ro"][rows, position[rows]] = 1.0 / ys[rows]
+        state["history"][rows, slot[rows]] = torch.stack([y[rows], s[rows]], dim=1)
+        state["ro"][rows, slot[rows]] = 1.0 / ys[rows]
+        state["head"] = torch.where(full, (state["head"] + 1) % capacity, state["head"])
         return torch.where(push & ~full, length + 1, length)
 
 
