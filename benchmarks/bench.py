@@ -7,6 +7,9 @@ seconds (best of ``--repeats``), reference/ours, and the mean PSNR each side rea
     python benchmarks/bench.py                  # default budgets, 2 threads
     python benchmarks/bench.py --quick          # a seconds-long smoke run
     python benchmarks/bench.py --device cuda --resnet
+
+On a machine whose cores are busy with other work, prefer ``--threads 1``: with 2 intra-op threads on 2 shared
+cores, OpenMP waits made both sides 10–100× slower, erratically (the ratios then mean nothing).
 """
 
 from __future__ import annotations
