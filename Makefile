@@ -59,7 +59,7 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores all --report figures/report.html
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/restarts.py
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache results/cli figures/demo

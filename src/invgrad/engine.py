@@ -5,8 +5,8 @@ gradient of the candidate (a per-restart gradient), then the gradient of the dis
 second-order quantity. ``torch.func`` gives both per restart with ``vmap(grad_and_value(...))`` over restarts
 (inner) and experiments (outer), so R restarts × E experiments cost one batched forward/backward instead of
 R·E Python-level ones. Adam and SGD act element-wise, so one optimizer over the stacked tensor is exactly R·E
-independent optimizers. L-BFGS is not element-wise (its curvature history mixes every coordinate), so it runs
-each restart of each experiment on its own, through the same vectorised function with a batch of one.
+independent optimizers. L-BFGS is not element-wise (its curvature history mixes every coordinate), so it runs as
+:class:`~invgrad.lbfgs.BatchedLBFGS`: one history and stopping state per (experiment, restart), vectorised.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .config import lr_milestones
 from .io import load_tensors, save_tensors
+from .lbfgs import BatchedLBFGS
 from .objectives import OBJECTIVES, total_variation
 from .user import training_loss
 
@@ -131,7 +132,7 @@ def _make_optimizer(cfg: dict, x: torch.Tensor, *extra: torch.Tensor) -> torch.o
     factories = {
         "adam": lambda: torch.optim.Adam(tensors, lr=cfg["lr"]),
         "sgd": lambda: torch.optim.SGD(tensors, lr=cfg["lr"], momentum=0.9, nesterov=True),
-        "lbfgs": lambda: torch.optim.LBFGS(tensors, lr=cfg["lr"]),
+        "lbfgs": lambda: BatchedLBFGS(tensors, lr=cfg["lr"], batch_dims=2),  # per (experiment, restart)
     }
     return factories[cfg["optim"]]()
 
@@ -260,8 +261,6 @@ class Engine:
         return images_and_labels
 
     def _groups(self, experiments: int, restarts: int, chunk: int | None) -> list[tuple[slice, slice]]:
-        if self.cfg["optim"] == "lbfgs":  # not element-wise: one restart of one experiment at a time
-            return [(slice(e, e + 1), slice(r, r + 1)) for e in range(experiments) for r in range(restarts)]
         chunk = restarts if chunk is None else max(1, chunk)
         return [
             (slice(0, experiments), slice(r, min(r + chunk, restarts))) for r in range(0, restarts, chunk)
@@ -288,7 +287,7 @@ class Engine:
             grads, loss = gradients([v.detach() for v in variables])
             for variable, grad_ in zip(variables, grads, strict=True):
                 variable.grad = grad_.sign() if cfg["signed"] else grad_
-            return loss.sum()
+            return loss  # [E, R]: batched L-BFGS needs each element's loss; Adam/SGD ignore it
 
         for iteration in range(first, cfg["max_iterations"]):
             optimizer.step(closure)
