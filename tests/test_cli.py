@@ -59,7 +59,7 @@ def test_fedavg_run_with_label_recovery_and_defense(tmp_path):
     assert len(result["experiments"][0]["labels_used"]) == 2 and "label_accuracy" in result["experiments"][0]
     privacy = result["defense"]["privacy"]
     assert result["defense"]["active"] and privacy["noise_multiplier"] == 1.0
-    assert privacy["epsilon"] == pytest.approx(4.3772, abs=1e-3)
+    assert privacy["epsilon"] == pytest.approx(9.9973, abs=1e-3) and privacy["neighbouring"] == "replace-one"
     assert (out / "reconstruction.png").is_file()
 
 
