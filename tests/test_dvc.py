@@ -69,7 +69,8 @@ def test_dvc_yaml_paths_follow_the_config():
     folder = config["data"]["train"]["CIFAR10"].split(":", 1)[1]
     assert archive in stages["training_data"]["deps"]
     assert set(stages["training_data"]["outs"]) == {f"{root}/.CIFAR10.extracted", folder}
-    assert folder in stages["victims"]["deps"]
+    assert folder in stages["decoded_data"]["deps"] and stages["decoded_data"]["outs"] == ["data/cache"]
+    assert experiments.CACHE_DIR in stages["victims"]["deps"]
     assert {Path(p).parent.parent.as_posix() for p in experiments.victims(config)} == {"results/victims"}
     assert stages["victims"]["outs"] == ["results/victims"]
     for stage in stages:  # every param exists in the config
@@ -282,6 +283,7 @@ def test_push_clone_pull_then_snakemake_plans_nothing_upstream_of_the_attacks(pu
     plan = planned_jobs(run(pulled, SNAKEMAKE, "-n", home=pushed["home"]).stdout)
     assert plan.get("attack_table1") == 1  # results are not shared: the attacks run ...
     assert "train_victim" not in plan and "extract_training_data" not in plan  # ... on the pulled victims
+    assert "decode_split" not in plan
 
 
 def test_a_corrupted_checkpoint_is_refused_and_dvc_restores_it(pushed, pulled):

@@ -733,6 +733,35 @@ def show_image(ax, tensor: torch.Tensor, title: str = "") -> None:
     ax.axis("off")
 
 
+def convergence_figure(images_csv, title: str):
+    """PSNR of each cell's mean reconstruction against the iterations spent (the snapshots kept during the attack
+    and scored afterwards): one curve per cell, so a reader sees whether its budget was enough."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ran = images_csv[images_csv.status != NOT_RUN] if images_csv is not None else None
+    if ran is None or ran.empty or "snapshots" not in ran.columns:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no cell ran", ha="center")
+    else:
+        for cell, rows in ran.groupby("cell", sort=False):
+            curves = [dict((int(i), p) for i, p in json.loads(s)) for s in rows.snapshots.drop_duplicates()]
+            iterations = sorted(set().union(*curves))
+            means = [
+                sum(0.0 if c.get(i) is None or c[i] != c[i] else c[i] for c in curves) / len(curves)
+                for i in iterations
+            ]
+            ax.plot(iterations, means, marker="o", label=f"{cell} (n={len(curves)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("iterations (L-BFGS: outer steps)")
+        ax.set_ylabel("mean PSNR [dB] (failures as 0)")
+        ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=8)
+    return fig
+
+
 def not_run_note(table) -> str:
     """One line naming the cells that were not run and why ('' when all ran)."""
     if "status" not in table.columns:

@@ -1,12 +1,12 @@
 # One parameterised notebook per table/figure (papermill); the executed notebook is kept beside the results.
 # Plotting reads the tables and images.pt only, so editing a notebook never reruns an attack.
 FIGURES = {
-    "table1": ["table1_psnr", "table1_grid"],
-    "fedavg": ["fedavg_heatmap", "fedavg_grid"],
-    "imagenet": ["imagenet_grid"],
-    "batch": ["batch_grid", "batch_psnr"],
-    "architecture": ["architecture_curves"],
-    "defenses": ["defenses_curves"],
+    "table1": ["table1_psnr", "table1_grid", "table1_convergence"],
+    "fedavg": ["fedavg_heatmap", "fedavg_grid", "fedavg_convergence"],
+    "imagenet": ["imagenet_grid", "imagenet_convergence"],
+    "batch": ["batch_grid", "batch_psnr", "batch_convergence"],
+    "architecture": ["architecture_curves", "architecture_convergence"],
+    "defenses": ["defenses_curves", "defenses_convergence"],
     "analytic": ["analytic_error"],
     "labels": ["labels_accuracy"],
 }
