@@ -41,6 +41,9 @@ NO_VAL_FOLDER = (
     "not run: needs an {dataset} validation folder ({folder} does not exist; set data.val.{dataset})"
 )
 CACHE_DIR = "data/cache"
+# Held-out accuracy never counts a copy of the first this-many validation images (every experiment attacks within
+# them; check() refuses a selection beyond). A constant, so that no attack setting can retrain a victim.
+HELD_OUT_EXCLUDES = 1000
 VICTIM_DIR = "results/victims"
 EMBEDDED_IMAGES = 20
 
@@ -281,7 +284,7 @@ def victims(config: dict, cells: dict | None = None) -> dict[str, dict[str, Any]
             out[spec["victim"]] = {
                 "schedule": train["schedule"],
                 "floor": train.get("floors", {}).get(spec["model"]),
-                "attacked_images": attacked_images(cells, dataset),
+                "attacked_images": HELD_OUT_EXCLUDES,
                 "train_cache": split_cache(dataset, "train"),
                 "test_cache": split_cache(dataset, "test"),
                 "model": spec["model"],
@@ -408,6 +411,13 @@ def check(config: dict) -> list[str]:
             problems.append(
                 f"data.train.{dataset}: image folder {folder} does not exist (and no data.archives.{dataset} "
                 "to extract it from; use null for 'no training data')"
+            )
+    for dataset in ("CIFAR10", "CIFAR100"):
+        reach = attacked_images(cells, dataset)
+        if reach > HELD_OUT_EXCLUDES:
+            problems.append(
+                f"{dataset}: experiments attack validation images up to index {reach - 1}, beyond the first "
+                f"{HELD_OUT_EXCLUDES} that held-out victim accuracy excludes"
             )
     if fed := _enabled(config, "fedavg"):
         if not any(b == 0 or k % b == 0 for k in fed["images"] for b in fed["batch_size"]):

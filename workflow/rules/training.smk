@@ -31,6 +31,7 @@ rule decode_split:
         "benchmarks/out/data/decode_{dataset}_{split}.tsv"
     wildcard_constraints:
         split="train|test",
+    priority: 100  # the victims wait on it: the longest path of the DAG starts here
     conda:
         ENV
     params:
@@ -66,6 +67,7 @@ rule train_victim:
         "logs/train/{dataset}_{model}_e{epochs}.log",
     benchmark:
         "benchmarks/out/train/{dataset}_{model}_e{epochs}.tsv"
+    priority: 90  # the trained cells wait on it
     conda:
         ENV
     threads: config["threads"]
