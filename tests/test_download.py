@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import _common  # noqa: E402
 import decode_split  # noqa: E402
+import make_report  # noqa: E402
 import train_victim  # noqa: E402
 
 PER_BATCH, TEST = 30, 60  # 150 training images, 60 test images
@@ -169,6 +170,13 @@ def test_default_config_downloads_verifies_decodes_and_trains(tmp_path, monkeypa
     assert meta["status"] == "ok" and meta["training_images"] == 5 * PER_BATCH
     assert meta["training_data"] == "CIFAR10" and "torchvision" in meta["training_data_origin"]
     assert meta["training_data_sha256"] == train_meta["sha256"] and 0 <= meta["val_accuracy"] <= 1
+    row = next(
+        line for line in make_report.victim_lines(Path("results")) if line.startswith("| CIFAR10/LeNetZhu")
+    )
+    assert (
+        "| torchvision CIFAR10, downloaded into data/raw |" in row
+        and f"`{train_meta['sha256'][:16]}…`" in row
+    )
 
 
 def _assert_not_run(meta: dict, *fragments: str) -> None:
