@@ -54,9 +54,11 @@ for _dataset in ("CIFAR10", "CIFAR100"):
     if any(v["dataset"] == _dataset for v in VICTIMS.values()):
         _available, _why = experiments.training_data_status(config, _dataset)
         print(
-            f"note: trained {_dataset} victims: {_why}"
-            if _available
-            else f"note: trained {_dataset} cells will be marked '{_why}'",
+            (
+                f"note: trained {_dataset} victims: {_why}"
+                if _available
+                else f"note: trained {_dataset} cells will be marked '{_why}'"
+            ),
             file=sys.stderr,
         )
 
