@@ -13,9 +13,10 @@ export XDG_CACHE_HOME := $(CURDIR)/.cache
 export PYTHONDONTWRITEBYTECODE := 1
 # Rules call `python scripts/...`: the project's venv comes first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# Optional: the CIFAR-10 training split as image folders (.tar.gz), for the trained victims. Without it the
-# trained cells are reported "not run" (see README). `dvc pull` restores it too, where a remote holds it.
-CIFAR10_ARCHIVE ?= ../shared/datasets/cifar10-jpeg.tar.gz
+# Optional: `make CIFAR10_ARCHIVE=<path>/cifar10-jpeg.tar.gz` (CIFAR-10 as image folders) is copied to
+# data/cifar10-jpeg.tar.gz for the trained victims. Without it they train on torchvision's download (online), else
+# their cells are reported "not run" (see README). `dvc pull` restores the archive too, where a remote holds it.
+CIFAR10_ARCHIVE ?=
 
 .PHONY: all install lock run demo test lint bench report clean
 
@@ -37,8 +38,10 @@ lock: $(STAMP)
 
 # The main job: the whole DAG on the quick offline config -> figures/ and figures/REPORT.md.
 run: $(STAMP)
-	@if [ ! -e data/cifar10-jpeg.tar.gz ] && [ -f "$(CIFAR10_ARCHIVE)" ]; then \
-		echo "using training data $(CIFAR10_ARCHIVE)"; cp "$(CIFAR10_ARCHIVE)" data/cifar10-jpeg.tar.gz; fi
+	@if [ -n "$(CIFAR10_ARCHIVE)" ] && [ ! -f "$(CIFAR10_ARCHIVE)" ]; then \
+		echo "error: CIFAR10_ARCHIVE=$(CIFAR10_ARCHIVE) is not a file" >&2; exit 1; fi
+	@if [ ! -e data/cifar10-jpeg.tar.gz ] && [ -n "$(CIFAR10_ARCHIVE)" ]; then \
+		echo "using training data $(CIFAR10_ARCHIVE)"; mkdir -p data; cp "$(CIFAR10_ARCHIVE)" data/cifar10-jpeg.tar.gz; fi
 	$(BIN)/snakemake --cores all
 
 # A one-command demo of the attack alone: the paper's attack on an embedded CIFAR-10 image, written to figures/demo/.
@@ -46,8 +49,9 @@ demo: $(STAMP)
 	$(BIN)/python scripts/reconstruct_image.py --model LeNetZhu --dataset embedded-CIFAR10 --target_id 0 \
 		--num_exp 4 --cost_fn sim --restarts 1 --max_iterations 1000 --tv 1e-2 --save_image --output figures/demo
 
+# `make test CIFAR10_ARCHIVE=<path>` also trains and attacks a victim in the whole-DAG test (tests/test_workflow.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	CIFAR10_ARCHIVE="$(CIFAR10_ARCHIVE)" $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks

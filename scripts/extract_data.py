@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 from _common import log
 
+from invgrad.data import DataUnavailableError, extract_archive
 from invgrad.io import save_text
 
 
@@ -24,16 +22,14 @@ def main(argv=None) -> int:
     p.add_argument("--root", required=True)
     p.add_argument("--flag", required=True, help="file written when extraction finished")
     args = p.parse_args(argv)
-    root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp, tarfile.open(args.archive) as tar:
-        tar.extractall(tmp, filter="data")
-        for item in Path(tmp).iterdir():
-            target = root / item.name
-            if target.exists():
-                shutil.rmtree(target)
-            item.rename(target)
+    try:
+        for target in extract_archive(args.archive, Path(args.root)):
             log(f"extracted {args.archive} -> {target}")
+    except DataUnavailableError as error:  # one line, no traceback: replace the archive or delete it
+        log(
+            f"error: {error}; replace it (make CIFAR10_ARCHIVE=<path>) or delete it to use torchvision's download"
+        )
+        return 1
     # The flag names the archive and its content hash, so a new archive changes the flag (a DVC dependency).
     digest = hashlib.sha256()
     with open(args.archive, "rb") as handle:

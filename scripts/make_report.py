@@ -120,8 +120,9 @@ def victim_lines(results: Path) -> list[str]:
     if victims:
         lines += [
             "\n## Victims\n",
-            "| checkpoint | sha256 | status | epochs | seed | training images | training data sha256 | val. accuracy |",
-            "|---|---|---|---|---|---|---|---|",
+            "| checkpoint | sha256 | status | epochs | seed | training data | training images | training data sha256 "
+            "| val. accuracy |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for v in victims:
             m = json.loads(v.read_text())
@@ -130,7 +131,8 @@ def victim_lines(results: Path) -> list[str]:
             data_hash = m.get("training_data_sha256")
             lines.append(
                 f"| {v.parent.name}/{v.stem} | `{m.get('sha256') or '—'}` | {m.get('status')} {m.get('reason', '')} | "
-                f"{m.get('epochs')} | {m.get('seed')} | {m.get('training_images', '—')} | "
+                f"{m.get('epochs')} | {m.get('seed')} | {m.get('training_data_origin') or m.get('training_data') or '—'} | "
+                f"{m.get('training_images', '—')} | "
                 f"{f'`{data_hash[:16]}…`' if data_hash else '—'} | {accuracy} |"
             )
     used: dict[tuple[str, str], set[tuple[str, str]]] = {}

@@ -4,8 +4,9 @@ python scripts/train_victim.py --spec '<json>' --out results/victims/CIFAR10/LeN
 Inputs: data/cache/<dataset>-train.pt and -test.pt (scripts/decode_split.py). Accuracy is measured on
 ``eval_images`` test images drawn with the seed, none of them a copy of an image any experiment attacks
 (invgrad.trainset.held_out). Without training data the checkpoint holds no weights and meta.status == "not run".
-The metadata (also in the .json beside the checkpoint) records architecture, epochs, schedule, seed, the decoded
-training data's sha256, the held-out accuracy and the floor the config sets for this model.
+The metadata (also in the .json beside the checkpoint) records architecture, epochs, schedule, seed, the training
+source actually used (training_data, training_data_origin: a local folder or torchvision's download) and the
+decoded training data's sha256, the held-out accuracy and the floor the config sets for this model.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def main(argv=None) -> int:
         "seed": spec["seed"],
         "recipe": training.RECIPE,
         "milestones": training.milestones(),
-        "training_data": spec["train_source"],
+        # The source decode_split resolved (data.resolve_training_source), not merely the configured one.
+        "training_data": train_meta.get("source"),
+        "training_data_origin": train_meta.get("origin"),
         "batch_size": spec["batch_size"],
         "floor": spec["floor"],
         "torch": str(torch.__version__),

@@ -36,7 +36,7 @@ from .user import shared_gradient
 ATTACK_EXPERIMENTS = ("table1", "fedavg", "imagenet", "batch", "architecture", "defenses")
 COMPUTE_EXPERIMENTS = ("analytic", "labels")
 EXPERIMENTS = ATTACK_EXPERIMENTS + COMPUTE_EXPERIMENTS
-NO_TRAINING_DATA = "not run: needs the {dataset} training split (see README)"
+NO_TRAINING_DATA = data.NO_TRAINING_DATA
 NO_VAL_FOLDER = (
     "not run: needs an {dataset} validation folder ({folder} does not exist; set data.val.{dataset})"
 )
@@ -342,19 +342,18 @@ def _folder_of(source: str | None) -> Path | None:
 
 
 def training_data_status(config: dict, dataset: str) -> tuple[bool, str]:
-    """(available-or-extractable, explanation) for the training split of ``dataset``."""
-    source = config["data"]["train"].get(dataset)
-    if source is None:
-        return False, NO_TRAINING_DATA.format(dataset=dataset)
-    folder = _folder_of(source)
-    if folder is None:
-        return True, f"{source} (torchvision; downloaded when online, else not run)"
-    if folder.is_dir():
-        return True, f"image folder {folder}"
-    archive = config["data"]["archives"].get(dataset)
-    if archive and Path(archive).is_file():
-        return True, f"image folder {folder}, extracted from {archive}"
-    return False, NO_TRAINING_DATA.format(dataset=dataset)
+    """(usable-or-fetchable, explanation) for the training split of ``dataset``, without network or extraction:
+    what :func:`invgrad.data.resolve_training_source` will try when the split is decoded."""
+    block = config["data"]
+    resolved = data.resolve_training_source(
+        dataset,
+        block["train"].get(dataset),
+        archive=block["archives"].get(dataset),
+        root=block["root"],
+        download=block.get("download", True),
+        fetch=False,
+    )
+    return resolved.available, resolved.origin if resolved.available else resolved.reason
 
 
 def check(config: dict) -> list[str]:
@@ -407,10 +406,15 @@ def check(config: dict) -> list[str]:
     for dataset, source in config["data"]["train"].items():
         folder = _folder_of(source)
         archive = config["data"]["archives"].get(dataset)
-        if folder is not None and not folder.is_dir() and not archive:
+        if (
+            folder is not None
+            and not folder.is_dir()
+            and not archive
+            and not config["data"].get("download", True)
+        ):
             problems.append(
-                f"data.train.{dataset}: image folder {folder} does not exist (and no data.archives.{dataset} "
-                "to extract it from; use null for 'no training data')"
+                f"data.train.{dataset}: image folder {folder} does not exist (no data.archives.{dataset} to "
+                "extract it from, data.download is false; use null for 'no training data')"
             )
     for dataset in ("CIFAR10", "CIFAR100"):
         reach = attacked_images(cells, dataset)

@@ -49,11 +49,17 @@ if (
         file=sys.stderr,
     )
 
+# Where each needed training split will come from (data.resolve_training_source, without network here).
 for _dataset in ("CIFAR10", "CIFAR100"):
-    _available, _why = experiments.training_data_status(config, _dataset)
-    if not _available and any(v["dataset"] == _dataset for v in VICTIMS.values()):
+    if any(v["dataset"] == _dataset for v in VICTIMS.values()):
+        _available, _why = experiments.training_data_status(config, _dataset)
         print(
-            f"note: trained {_dataset} cells will be marked '{_why}'", file=sys.stderr
+            (
+                f"note: trained {_dataset} victims: {_why}"
+                if _available
+                else f"note: trained {_dataset} cells will be marked '{_why}'"
+            ),
+            file=sys.stderr,
         )
 
 

@@ -18,7 +18,9 @@ rule extract_training_data:
 
 
 rule decode_split:
-    """One split of the training source decoded once into uint8 tensors (data/cache/<dataset>-<split>.pt).
+    """One split of the training data decoded once into uint8 tensors (data/cache/<dataset>-<split>.pt): the
+    configured image folder (or its archive), else torchvision's download into data.root when data.download, else a
+    'not run' file saying how to supply it (invgrad.data.resolve_training_source).
     The flag is ancient(): DVC restores it with a new mtime, which must not decode again (docs/DVC.md).
     """
     input:
@@ -39,6 +41,8 @@ rule decode_split:
             {
                 "dataset": w.dataset,
                 "source": config["data"]["train"].get(w.dataset),
+                "archive": config["data"]["archives"].get(w.dataset),
+                "download": config["data"].get("download", True),
                 "split": w.split,
                 "data_root": config["data"]["root"],
             }
