@@ -149,6 +149,12 @@ def test_convergence_from_snapshots():
     failed = pd.DataFrame({"snapshots": [json.dumps([[1, 5.0], [2, 20.0], [4, float("nan")]])]})
     assert convergence(failed, 1.0)["converged"] is True  # a failure counts as 0 dB: no gain, and it shows
     assert convergence(pd.DataFrame({"snapshots": ["[]"]}), 1.0)["converged"] is None
+    # A decaying schedule: the half-budget *run* decides, not the iterate at half-time.
+    annealed = pd.DataFrame(
+        {"snapshots": [json.dumps([[2, 10.0], [4, 20.0]])], "psnr_half_budget_run": [19.5]}
+    )
+    verdict = convergence(annealed, 1.0)
+    assert verdict["converged"] is True and verdict["convergence_basis"] == "half-budget run"
 
 
 def test_decode_split_script_records_a_missing_source(tmp_path):

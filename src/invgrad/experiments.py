@@ -615,7 +615,7 @@ def run_cell(
         if positions == list(range(positions[0], positions[0] + len(positions)))
         else [[p] for p in positions]
     )
-    outputs, stats_rows, seconds, snapshots = {}, {}, {}, {}
+    outputs, stats_rows, seconds, snapshots, half_budget = {}, {}, {}, {}, {}
     keep = snapshot_iterations(attack["max_iterations"])
     for group in runs:  # one batched call for a contiguous block (the whole cell in the normal case)
         attack["seed"] = spec["attack"]["seed"] + group[0]
@@ -640,6 +640,25 @@ def run_cell(
             seconds[p] = elapsed / len(group)
             snapshots[p] = {it: images[j] for it, images in stats["snapshots"].items()}
         log(f"{cell}: attacked {len(group)} user(s) × {num_images} image(s) in {elapsed:.1f} s")
+        if attack["lr_decay"] and attack["max_iterations"] >= 2:
+            # A decaying schedule anneals at its end, so the iterate at half the budget is not what half the
+            # budget would give: run the same attack (same seeds) at half the budget to measure the last doubling.
+            half = _reconstructor(
+                model,
+                {**spec, "attack": {**attack, "max_iterations": attack["max_iterations"] // 2}},
+                dm,
+                ds,
+                num_images,
+            )
+            out_half, _ = half.reconstruct_many(
+                [updates[i] for i in where],
+                [labels[i] for i in where],
+                img_shape=tuple(truths[0].shape[1:]),
+                state_path=out_dir / f".attack_state_half_{group[0]}.pt",
+            )
+            for j, p in enumerate(group):
+                half_budget[p] = out_half[j]
+            log(f"{cell}: the same attack at half the budget for the convergence check")
 
     records, tensors = [], {}
     for i, p in enumerate(positions):
@@ -657,6 +676,13 @@ def run_cell(
             ]
             for it, x in sorted(snapshots[p].items())
         ]
+        if p in half_budget:
+            half_scores = metrics.image_metrics(
+                metrics.to_unit_range(half_budget[p], dm, ds), truth01, num_images > 1
+            )
+            half_run = {"iterations": attack["max_iterations"] // 2, "psnr": half_scores["psnr_mean"]}
+        else:
+            half_run = None
         failed = stats_rows[p]["chosen"] is None
         record = {
             "experiment": spec["experiment"],
@@ -676,6 +702,7 @@ def run_cell(
             "psnr_prior_per_image": prior,
             "psnr_prior": sum(prior) / len(prior),
             "snapshots": curve,
+            "half_budget_run": half_run,
             "fmse": math.nan if failed else metrics.feature_mse(model, outputs[p], truths[i]),
             "rec_loss": stats_rows[p]["opt"],
             "chosen_restart": stats_rows[p]["chosen"],
@@ -767,9 +794,13 @@ def convergence_figure(images_csv, title: str):
                 sum(0.0 if c.get(i) is None or c[i] != c[i] else c[i] for c in curves) / len(curves)
                 for i in iterations
             ]
-            ax.plot(iterations, means, marker="o", label=f"{cell} (n={len(curves)})")
+            (line,) = ax.plot(iterations, means, marker="o", label=f"{cell} (n={len(curves)})")
+            runs = rows.get("psnr_half_budget_run")
+            if runs is not None and runs.notna().all():  # the same attack run at half the budget
+                half = sum(0.0 if v != v else v for v in runs) / len(runs)
+                ax.plot([iterations[-1] // 2], [half], marker="s", mfc="none", color=line.get_color(), ls="")
         ax.set_xscale("log")
-        ax.set_xlabel("iterations (L-BFGS: outer steps)")
+        ax.set_xlabel("iterations (L-BFGS: outer steps); □ = the attack run at half the budget")
         ax.set_ylabel("mean PSNR [dB] (failures as 0)")
         ax.legend(fontsize=6)
     ax.set_title(title, fontsize=8)
