@@ -80,6 +80,17 @@ def dataset_sha256(dataset) -> str:
     raise TypeError(f"cannot fingerprint a {type(dataset).__name__} (no .files/.labels or .data/.targets)")
 
 
+def recipe_optimizer(model: torch.nn.Module) -> torch.optim.SGD:
+    """The conservative recipe's SGD: lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=RECIPE["lr"],
+        momentum=RECIPE["momentum"],
+        nesterov=RECIPE["nesterov"],
+        weight_decay=RECIPE["weight_decay"],
+    )
+
+
 def milestones(schedule_epochs: int = 120) -> list[int]:
     """Epochs at which the learning rate drops ×0.1 (the paper's float floor-divisions: 44, 74, 105 for 120)."""
     return [int(schedule_epochs // divisor) for divisor in (2.667, 1.6, 1.142)]
@@ -121,13 +132,7 @@ def train(
         raise ValueError(f"{len(data)} training images are fewer than one batch of {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=RECIPE["lr"],
-        momentum=RECIPE["momentum"],
-        nesterov=RECIPE["nesterov"],
-        weight_decay=RECIPE["weight_decay"],
-    )
+    optimizer = recipe_optimizer(model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=milestones(RECIPE["schedule_epochs"]), gamma=RECIPE["gamma"]
     )
@@ -192,13 +197,7 @@ def train_tensors(
         raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size}")
     mean, std = (t.view(1, -1, 1, 1) for t in mean_std)
     steps = len(images) // batch_size
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=RECIPE["lr"],
-        momentum=RECIPE["momentum"],
-        nesterov=RECIPE["nesterov"],
-        weight_decay=RECIPE["weight_decay"],
-    )
+    optimizer = recipe_optimizer(model)
     scheduler = _scheduler(schedule, optimizer, epochs, steps)
     generator = torch.Generator().manual_seed(seed)
     history, start = [], time.perf_counter()
