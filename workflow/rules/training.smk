@@ -8,6 +8,7 @@ rule extract_training_data:
         "logs/data/extract_{dataset}.log",
     benchmark:
         "benchmarks/out/data/extract_{dataset}.tsv"
+    priority: 100  # the first step of the DAG's longest path (data -> victim -> trained cells)
     conda:
         ENV
     params:
