@@ -632,13 +632,55 @@ def _decide_one(claim: Claim, fixed: dict[str, Any], tables, recovered: float) -
             "reason": f"not run: both sides select {cells[0].name} (one value only)",
         }
     if reason := _gates(claim, cells):
-        return {**row, "verdict": "not comparable", "reason": reason}
+        shown = _withheld(claim, cells, reason, recovered)
+        note = shown.pop("reason_note", "")
+        return {**row, **shown, "verdict": "not comparable", "reason": reason + note}
     result = COMPARISONS[claim.comparison](claim, cells, recovered=recovered)
     if result.get("verdict") == "not run" and not result["reason"].startswith("not run"):
         result["reason"] = "not run: " + result["reason"]
     if result.get("verdict") == "not comparable" and not result["reason"].startswith("not comparable"):
         result["reason"] = "not comparable: " + result["reason"]
     return {**row, **result}
+
+
+WITHHELD_GATES = ("not converged", " ran ", "< floor")  # the evidence exists but may not be read as a verdict
+
+
+def _unconverged_gain(cell: CellData) -> float:
+    summary = cell.summary
+    converged = summary.get("converged") if summary is not None else None
+    gain = summary.get("convergence_gain_db") if summary is not None else None
+    if str(converged).strip().lower() in ("false", "0", "0.0") and _finite(gain):
+        return max(float(gain), 0.0)
+    return 0.0
+
+
+def _shifted(cell: CellData, gain: float) -> CellData:
+    images = cell.images.copy()
+    images["psnr"] = images.psnr.astype(float) + gain
+    return CellData(cell.name, images, cell.summary, cell.status, cell.reason)
+
+
+def _withheld(claim: Claim, cells: list[CellData], reason: str, recovered: float) -> dict[str, Any]:
+    """For a gate that withholds a verdict although the images were attacked alike (not converged, a budget below
+    the paper's, a victim below its floor): the statistic anyway, so a reader sees the evidence, and in the reason
+    what it would read — also after one more doubling of the budget (each unconverged cell gaining again what its
+    last doubling gained). The verdict stays "not comparable"."""
+    if not any(gate in reason for gate in WITHHELD_GATES) or claim.comparison not in COMPARISONS:
+        return {}
+    shown = COMPARISONS[claim.comparison](claim, cells, recovered=recovered)
+    if shown.get("verdict") not in ("supported", "contradicted", "inconclusive"):
+        return {}
+    gains = [_unconverged_gain(c) for c in cells]
+    note = f"; withheld: the paired statistic would read '{shown['verdict']}'"
+    if any(gains):
+        again = COMPARISONS[claim.comparison](
+            claim, [_shifted(c, g) for c, g in zip(cells, gains, strict=True)], recovered=recovered
+        )
+        extra = ", ".join(f"{c.name} +{g:.2f} dB" for c, g in zip(cells, gains, strict=True) if g)
+        note += f", and '{again.get('verdict')}' after one more doubling ({extra})"
+    fields = {k: shown.get(k) for k in ("n", "failures", "statistic", "p_value", "ci_low", "ci_high", "ours")}
+    return {**fields, "reason_note": note}
 
 
 def decide(tables, claims: tuple[Claim, ...] = CLAIMS, recovered: float = 18.0) -> pd.DataFrame:
