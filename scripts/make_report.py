@@ -52,7 +52,7 @@ def statistic_text(row) -> str:
 
 def claim_lines(table: pd.DataFrame) -> list[str]:
     lines = [
-        "| claim (PAPER §8) | paper | ours | n | statistic / CI | verdict | reason |",
+        "| claim (PAPER §8) | paper | ours | n (failed: NaN, counted as 0 dB) | statistic / CI | verdict | reason |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in table.to_dict("records"):
@@ -60,7 +60,7 @@ def claim_lines(table: pd.DataFrame) -> list[str]:
         claim = f"{row['claim']}. {row['text']}" + (f" — {setting}" if setting else "")
         n = _num(row["n"])
         failures = _num(row["failures"])
-        count = "—" if n is None else f"{int(n)}" + (f" ({int(failures)} failed)" if failures else "")
+        count = "—" if n is None else f"{int(n)}" + ("" if failures is None else f" ({int(failures)} failed)")
         lines.append(
             f"| {_cell_text(claim)} | {_cell_text(row['paper'])} | {_cell_text(row['ours']) or '—'} | {count} | "
             f"{statistic_text(row)} | **{row['verdict']}** | {_cell_text(row['reason'])} |"

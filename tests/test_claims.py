@@ -400,7 +400,10 @@ def test_make_report_writes_claims_csv_and_renders_it(tmp_path):
     dlg = table[table.claim == "1b"].set_index("setting").verdict
     assert dlg["untrained, vs zhu_halfce"] == "supported" and dlg["untrained, vs zhu"] == "contradicted"
     text = report.read_text()
-    assert "| claim (PAPER §8) | paper | ours | n | statistic / CI | verdict | reason |" in text
+    assert (
+        "| claim (PAPER §8) | paper | ours | n (failed: NaN, counted as 0 dB) | statistic / CI | verdict | reason |"
+        in text
+    )
     for row in table.itertuples():
         assert f"**{row.verdict}**" in text
     assert "**not run** | not run: cell imagenet not in this config |" in text
