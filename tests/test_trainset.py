@@ -27,7 +27,7 @@ def test_decode_embedded_images_bit_exact():
     images, labels = trainset.decode(dataset)
     assert images.dtype == torch.uint8 and images.shape == (20, 3, 32, 32)
     assert labels.tolist() == dataset.labels
-    first = np.asarray(Image.open(dataset.files[0]).convert("RGB"))
+    first = np.array(Image.open(dataset.files[0]).convert("RGB"))
     assert torch.equal(images[0], torch.from_numpy(first).permute(2, 0, 1))
     two, _ = trainset.decode(dataset, count=2)
     assert torch.equal(two, images[:2])
@@ -88,6 +88,27 @@ def test_train_tensors_learns_a_separable_problem():
     history = training.train_tensors(model, images, labels, stats, 3, 0, "onecycle", 32, log=lambda _: None)
     assert len(history["loss"]) == 3 and history["images_per_epoch"] == 256
     assert training.accuracy_tensors(model, images, labels, stats) > 0.9
+
+
+def test_tiny_runs_train_with_every_schedule():
+    """A handful of batches (as in the DVC and workflow tests) must not break the one-cycle schedule."""
+    images = torch.zeros(32, 3, 32, 32, dtype=torch.uint8)
+    stats = (torch.zeros(3), torch.ones(3))
+    for schedule in training.SCHEDULES:
+        for epochs in (1, 2, 3):
+            model = build_model("LeNetZhu", num_classes=10, seed=0)
+            history = training.train_tensors(
+                model,
+                images,
+                torch.zeros(32, dtype=torch.int64),
+                stats,
+                epochs,
+                0,
+                schedule,
+                16,
+                log=lambda _: None,
+            )
+            assert len(history["loss"]) == epochs
 
 
 def test_unknown_schedule_is_refused():

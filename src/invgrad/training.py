@@ -169,8 +169,10 @@ def _scheduler(name: str, optimizer, epochs: int, steps_per_epoch: int):
         marks = [m * steps_per_epoch for m in milestones(RECIPE["schedule_epochs"])]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=RECIPE["gamma"])
     if name == "onecycle":
+        # torch's one-cycle needs a few steps per phase: a tiny run (tests) just stops early in the cycle
+        total = max(epochs * steps_per_epoch, 8)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=RECIPE["lr"], total_steps=epochs * steps_per_epoch, pct_start=0.25
+            optimizer, max_lr=RECIPE["lr"], total_steps=total, pct_start=0.25
         )
     raise ValueError(f"unknown training schedule {name!r}; choose one of {list(SCHEDULES)}")
 
