@@ -184,7 +184,8 @@ def test_decode_split_script_records_a_missing_source(tmp_path):
         "dataset": "CIFAR10",
         "source": f"image-folder:{tmp_path}/none",
         "split": "train",
-        "data_root": "x",
+        "data_root": str(tmp_path / "raw"),
+        "download": False,  # never the network in a test
     }
     result = subprocess.run(
         [
