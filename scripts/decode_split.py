@@ -36,9 +36,11 @@ def main(argv=None) -> int:
     dataset = None
     if resolved.available:
         try:
-            root = None if resolved.source.startswith("image-folder:") else spec["data_root"]
             dataset = data.load_dataset(
-                resolved.source, split="val" if split == "test" else split, root=root, stats=spec["dataset"]
+                resolved.source,
+                split="val" if split == "test" else split,
+                root=data.source_root(resolved.source, spec["data_root"]),
+                stats=spec["dataset"],
             )
         except (FileNotFoundError, ValueError, data.DataUnavailableError) as error:
             reason = data.NO_TRAINING_DATA.format(dataset=spec["dataset"])

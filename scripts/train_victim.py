@@ -25,8 +25,9 @@ from invgrad.models import build_model
 def _attacked_images(spec) -> torch.Tensor:
     """The first images of the attacked validation source (uint8): held-out images must not be copies of them."""
     source = spec["val_source"]
-    root = None if source.startswith("image-folder:") else spec["data_root"]
-    val = data.load_dataset(source, split="val", root=root, stats=spec["dataset"])
+    val = data.load_dataset(
+        source, split="val", root=data.source_root(source, spec["data_root"]), stats=spec["dataset"]
+    )
     images, _ = trainset.decode(val, tuple(val.info.image_shape[1:]), count=spec["attacked_images"])
     return images
 

@@ -53,6 +53,7 @@ __all__ = [
     "load_targets",
     "mean_std",
     "normalize",
+    "source_root",
     "resolve_training_source",
     "unique_label_indices",
     "valid_dataset_names",
@@ -500,6 +501,12 @@ _SOURCES: dict[str, Callable[..., LabelledDataset]] = {
 def valid_dataset_names() -> list[str]:
     """Names accepted by :func:`load_dataset` (plus the ``image-folder:<path>`` form)."""
     return [*_SOURCES, f"{_FOLDER_PREFIX}<path>"]
+
+
+def source_root(source: str, data_root: str | Path) -> str | Path | None:
+    """The ``root=`` to pass :func:`load_dataset` for a configured source: image folders are given relative to the
+    project (None); every other source downloads into or reads from ``data_root``."""
+    return None if source.lower().startswith(_FOLDER_PREFIX) else data_root
 
 
 def load_dataset(

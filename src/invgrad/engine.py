@@ -65,9 +65,8 @@ class EngineResult:
     seconds: float
     iterations: int
     label_logits: torch.Tensor | None = None  # [E, R, K, classes] when labels were learned jointly (DLG)
-    snapshots: dict[int, torch.Tensor] | None = (
-        None  # iteration -> [E, R, K, C, H, W] iterates kept on the way
-    )
+    # iteration -> [E, R, K, C, H, W] iterates kept on the way (Engine.run's snapshot_at)
+    snapshots: dict[int, torch.Tensor] | None = None
 
 
 def snapshot_iterations(

@@ -70,8 +70,7 @@ def victim_path(model: str, dataset: str, epochs: int) -> str:
 THREAT_KEYS = ("preset", "user_loss_scale")  # per-method keys of a config block that are not attack settings
 
 
-def _attack_config(base: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    preset = overrides.get("preset", base)
+def _attack_config(preset: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     overrides = {k: v for k, v in overrides.items() if k not in ("restart_chunk", *THREAT_KEYS)}
     return make_config(preset, seed=seed, **overrides)
 
@@ -384,9 +383,9 @@ def check(config: dict) -> list[str]:
                 problems.append(f"experiments.{block_name}: unknown model {block['model']!r}")
     for dataset, source in config["data"]["val"].items():
         folder = _folder_of(source)
-        used = any(spec["dataset"] == dataset for exp in cells.values() for spec in exp.values())
         if dataset == "ImageNet":
             continue  # no download exists: a missing folder makes its cells "not run", the rest still runs
+        used = any(spec["dataset"] == dataset for exp in cells.values() for spec in exp.values())
         if used and folder is not None and not folder.is_dir():
             problems.append(f"data.val.{dataset}: image folder {folder} does not exist")
     for experiment, exp in cells.items():  # the embedded sources hold 20 images (indices 0-19)
@@ -595,7 +594,7 @@ def run_cell(
     dataset = data.load_dataset(
         spec["val_source"],
         split="val",
-        root=None if spec["val_source"].startswith("image-folder:") else spec["data_root"],
+        root=data.source_root(spec["val_source"], spec["data_root"]),
         stats=spec["dataset"],
     )
     index_rows = [_select(spec, dataset)[p] for p in positions]
