@@ -28,7 +28,7 @@ import reference  # noqa: E402
 
 from invgrad import GradientReconstructor, data, make_config, shared_gradient  # noqa: E402
 from invgrad.metrics import psnr_per_image, to_unit_range  # noqa: E402
-from invgrad.models import build_model  # noqa: E402
+from invgrad.victim.models import build_model  # noqa: E402
 
 PSNR_TOLERANCE = 1.0  # dB between the mean PSNRs of the two sides
 SEED = 1

@@ -16,7 +16,7 @@ import time
 import torch
 
 from invgrad import GradientReconstructor, data, make_config, shared_gradient
-from invgrad.models import build_model
+from invgrad.victim.models import build_model
 
 CASES = {"LeNetZhu": dict(restarts=8, iterations=60), "ResNet20-4": dict(restarts=4, iterations=4)}
 

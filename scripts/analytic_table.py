@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from _common import log, stage_args
 
-from invgrad import analytic
+from invgrad.attack import analytic
 from invgrad.io import save_csv
-from invgrad.models import build_model
 from invgrad.user import training_loss
+from invgrad.victim.models import build_model
 
 
 def layer_inputs(model, layer, x):

@@ -12,7 +12,7 @@ import sys
 
 from _common import load_config, log, set_threads, spec_arg
 
-from invgrad import experiments
+from invgrad.replication import experiments
 
 
 def main(argv=None) -> int:

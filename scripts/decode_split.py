@@ -16,8 +16,9 @@ import time
 import torch
 from _common import log, stage_args
 
-from invgrad import data, trainset
-from invgrad.training import NOT_RUN
+from invgrad import data
+from invgrad.data import trainset
+from invgrad.victim.training import NOT_RUN
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Label recovery from the last layer's gradient: accuracy per model and batch size (untrained victims).
 
 python scripts/labels_table.py --spec '<json>' --out results/labels/table.csv
-K = 1: iDLG (invgrad.labels.idlg_label); K > 1: the K most negative row sums (invgrad.labels.last_layer_labels),
+K = 1: iDLG (invgrad.attack.labels.idlg_label); K > 1: the K most negative row sums (invgrad.attack.labels.last_layer_labels),
 batches of K unique labels drawn from the validation source. Accuracy = fraction of the true labels recovered.
 """
 
@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 from _common import log, stage_args
 
-from invgrad import data, labels, metrics
+from invgrad import data, metrics
+from invgrad.attack import labels
 from invgrad.io import save_csv
-from invgrad.models import build_model
 from invgrad.user import shared_gradient
+from invgrad.victim.models import build_model
 
 
 def main(argv=None) -> int:

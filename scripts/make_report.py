@@ -1,8 +1,8 @@
-"""figures/claims.csv (every claim's verdict, decided by invgrad.claims) and figures/REPORT.md rendered from it.
+"""figures/claims.csv (every claim's verdict, decided by invgrad.replication.claims) and figures/REPORT.md rendered from it.
 
 python scripts/make_report.py --results results --benchmarks benchmarks/out --config-label config/config.yaml \
     --recovered-psnr 18 --claims figures/claims.csv --out figures/REPORT.md
-Verdicts come from paired tests on the same images (invgrad.claims); "not run" / "not comparable" carry a reason.
+Verdicts come from paired tests on the same images (invgrad.replication.claims); "not run" / "not comparable" carry a reason.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from invgrad import claims as claims_mod
 from invgrad.io import save_csv, save_text
+from invgrad.replication import claims as claims_mod
 
 
 def _num(value) -> float | None:

@@ -3,7 +3,7 @@
 python scripts/train_victim.py --spec '<json>' --out results/victims/CIFAR10/LeNetZhu_e15.pt
 Inputs: data/cache/<dataset>-train.pt and -test.pt (scripts/decode_split.py). Accuracy is measured on
 ``eval_images`` test images drawn with the seed, none of them a copy of an image any experiment attacks
-(invgrad.trainset.held_out). Without training data the checkpoint holds no weights and meta.status == "not run".
+(invgrad.data.trainset.held_out). Without training data the checkpoint holds no weights and meta.status == "not run".
 The metadata (also in the .json beside the checkpoint) records architecture, epochs, schedule, seed, the training
 source actually used (training_data, training_data_origin: a local folder or torchvision's download) and the
 decoded training data's sha256, the held-out accuracy and the floor the config sets for this model.
@@ -17,9 +17,11 @@ import time
 import torch
 from _common import log, stage_args
 
-from invgrad import data, training, trainset
-from invgrad.engine import flushed_denormals
-from invgrad.models import build_model
+from invgrad import data
+from invgrad.attack.engine import flushed_denormals
+from invgrad.data import trainset
+from invgrad.victim import training
+from invgrad.victim.models import build_model
 
 
 def _attacked_images(spec) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from invgrad import data
-from invgrad.models import build_model
+from invgrad.victim.models import build_model
 
 torch.set_num_threads(1)  # small convs: one thread is faster and immune to a busy machine
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from invgrad import recover_layer_input, shared_gradient
-from invgrad.analytic import batch_combination_weights, invert_linear, layer_gradients, linear_layers
-from invgrad.models import build_model
+from invgrad.attack.analytic import batch_combination_weights, invert_linear, layer_gradients, linear_layers
+from invgrad.victim.models import build_model
 
 
 def _rel(a, b):

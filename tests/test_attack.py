@@ -3,11 +3,12 @@ import math
 import pytest
 import torch
 
-from invgrad import GradientReconstructor, engine, make_config, metrics, shared_gradient
-from invgrad.engine import EngineResult, gradient_simulator, median_filter3, split_parameters
-from invgrad.labels import idlg_label
-from invgrad.models import build_model
-from invgrad.objectives import OBJECTIVES
+from invgrad import GradientReconstructor, make_config, metrics, shared_gradient
+from invgrad.attack import engine
+from invgrad.attack.engine import EngineResult, gradient_simulator, median_filter3, split_parameters
+from invgrad.attack.labels import idlg_label
+from invgrad.attack.objectives import OBJECTIVES
+from invgrad.victim.models import build_model
 
 
 def _config(**overrides):

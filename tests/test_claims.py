@@ -1,4 +1,4 @@
-"""invgrad.claims: every verdict, every not-comparable gate, NaN handling, missing cells; make_report on a tiny tree."""
+"""invgrad.replication.claims: every verdict, every not-comparable gate, NaN handling, missing cells; make_report on a tiny tree."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from invgrad import claims as C
+from invgrad.replication import claims as C
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_report  # noqa: E402

@@ -107,7 +107,7 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, a
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):
     from invgrad.io import save_tensors
-    from invgrad.models import build_model
+    from invgrad.victim.models import build_model
 
     ckpt = save_tensors(
         {"state_dict": build_model("ConvNet8", seed=0).state_dict()}, tmp_path / "convnet8.pt"

@@ -144,7 +144,10 @@ def test_torchvision_cifar10_offline_fails_fast(tmp_path):
 
 def test_default_root_is_project_data_raw():
     root = data.default_root()
-    assert root.parts[-2:] == ("data", "raw") and (root.parents[1] / "src" / "invgrad" / "data.py").is_file()
+    assert (
+        root.parts[-2:] == ("data", "raw")
+        and (root.parents[1] / "src" / "invgrad" / "data" / "sources.py").is_file()
+    )
 
 
 # ---------------------------------------------------------------------------------------------- image folders
@@ -300,7 +303,7 @@ def test_unique_label_indices_on_embedded_cifar10():
 
 
 def test_missing_foolbox_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(data.sources.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install foolbox==3\.3\.4"):
         data.load_dataset("embedded-CIFAR10")
 

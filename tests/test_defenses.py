@@ -17,7 +17,7 @@ from invgrad import (
     metrics,
     shared_gradient,
 )
-from invgrad.defenses import (
+from invgrad.user.defenses import (
     _analytic_delta,
     analytic_gaussian_epsilon,
     clip_update,
@@ -235,5 +235,5 @@ def test_defenses_compose_with_fedavg(lenet, cifar_samples, cifar_stats):
     )
     out, stats = attacker.reconstruct(defended, labels[:2])
     assert out.shape == (2, 3, 32, 32) and stats["failures"] == 0
-    with pytest.raises(ValueError, match="must be an invgrad.defenses.Defense"):
+    with pytest.raises(ValueError, match="must be an invgrad.user.defenses.Defense"):
         GradientReconstructor(lenet, cifar_stats, defense="noise")

@@ -25,7 +25,9 @@ import pytest
 import torchvision.datasets as tvd
 from PIL import Image
 
-from invgrad import data, download, experiments, trainset
+from invgrad import data
+from invgrad.data import download, trainset
+from invgrad.replication import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -25,7 +25,8 @@ import torch
 import yaml
 from PIL import Image
 
-from invgrad import experiments, training
+from invgrad.replication import experiments
+from invgrad.victim import training
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from invgrad import FedAvgReconstructor, GradientReconstructor, data, make_config, metrics, shared_gradient
-from invgrad.engine import gradient_simulator, split_parameters
-from invgrad.federated import fedavg_simulator, local_epochs, local_update, minibatch_slices
-from invgrad.models import build_model
-from invgrad.objectives import cosine_distance
+from invgrad.attack.engine import gradient_simulator, split_parameters
+from invgrad.attack.fedavg import fedavg_simulator
+from invgrad.attack.objectives import cosine_distance
+from invgrad.protocol import local_epochs, minibatch_slices
+from invgrad.user.fedavg import local_update
+from invgrad.victim.models import build_model
 
 
 def _config(**overrides):

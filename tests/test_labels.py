@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from invgrad import FedAvgReconstructor, GradientReconstructor, data, make_config, metrics, shared_gradient
-from invgrad.engine import LABEL_SEED_OFFSET, initial_label_logits
-from invgrad.federated import local_update
-from invgrad.labels import idlg_label, last_layer_labels
-from invgrad.models import build_model
+from invgrad.attack.engine import LABEL_SEED_OFFSET, initial_label_logits
+from invgrad.attack.labels import idlg_label, last_layer_labels
+from invgrad.user.fedavg import local_update
+from invgrad.victim.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from invgrad import GradientReconstructor, make_config, shared_gradient
-from invgrad import engine as engine_module
-from invgrad.engine import Engine, gradient_simulator
-from invgrad.lbfgs import BatchedLBFGS
-from invgrad.objectives import layer_weights
+from invgrad.attack import engine as engine_module
+from invgrad.attack.engine import Engine, gradient_simulator
+from invgrad.attack.lbfgs import BatchedLBFGS
+from invgrad.attack.objectives import layer_weights
 
 
 def quadratic(scales):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from invgrad import metrics
-from invgrad.objectives import layer_weights, total_variation
+from invgrad.attack.objectives import layer_weights, total_variation
 
 
 def test_psnr_known_values():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from invgrad.models import available_models, build_model, count_parameters
+from invgrad.victim.models import available_models, build_model, count_parameters
 
 # The parameter counts are the spec (they pin the architecture reading, e.g. the WRN-28-10 layout).
 EXPECTED_COUNTS = [

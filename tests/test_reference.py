@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from invgrad import shared_gradient
-from invgrad.engine import initial_candidates
-from invgrad.objectives import cosine_distance, squared_euclidean, total_variation
+from invgrad.attack.engine import initial_candidates
+from invgrad.attack.objectives import cosine_distance, squared_euclidean, total_variation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference  # noqa: E402

@@ -116,7 +116,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 def test_same_seed_is_bit_identical_run_to_run(tmp_path):
     from invgrad import GradientReconstructor, data, make_config, shared_gradient
-    from invgrad.models import build_model
+    from invgrad.victim.models import build_model
 
     model = build_model("ConvNet8", seed=1).eval()
     images, labels = data.load_targets(data.load_dataset("embedded-CIFAR10"), [5])

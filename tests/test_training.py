@@ -7,8 +7,10 @@ import pytest
 import torch
 import yaml
 
-from invgrad import data, experiments, training
-from invgrad.models import build_model
+from invgrad import data
+from invgrad.replication import experiments
+from invgrad.victim import training
+from invgrad.victim.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from invgrad import data, training, trainset
+from invgrad import data
 from invgrad.attack import GradientReconstructor
+from invgrad.attack.engine import snapshot_iterations
 from invgrad.config import make_config
-from invgrad.engine import snapshot_iterations
-from invgrad.models import build_model
+from invgrad.data import trainset
 from invgrad.user import shared_gradient
+from invgrad.victim import training
+from invgrad.victim.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

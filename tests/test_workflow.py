@@ -86,7 +86,7 @@ def test_paper_config_plans_without_imagenet(tmp_path):
 
 
 def test_imagenet_cell_without_folder_is_not_run(tmp_path):
-    from invgrad import experiments
+    from invgrad.replication import experiments
 
     spec = {
         "experiment": "imagenet",

@@ -26,13 +26,15 @@ from pathlib import Path
 import torch
 
 from . import data, metrics
-from .attack import GradientReconstructor
+from .attack.fedavg import FedAvgReconstructor
+from .attack.labels import LABEL_STRATEGIES
+from .attack.reconstructor import GradientReconstructor
 from .config import PRESETS, ConfigError, make_config
-from .defenses import Defense
-from .federated import FedAvgReconstructor, check_schedule, local_update
 from .io import image_grid, load_tensors, save_json, save_png, to_uint8
-from .labels import LABEL_STRATEGIES
-from .models import build_model
+from .protocol import check_schedule
+from .user.defenses import Defense
+from .user.fedavg import local_update
+from .victim.models import build_model
 
 # The paper's CLI names ImageNet's torchvision ResNets like the CIFAR ones; the data set disambiguates.
 IMAGENET_MODEL_ALIASES = {"ResNet18": "torchvision-resnet18", "ResNet152": "torchvision-resnet152"}

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from invgrad import experiments, training
+from invgrad.replication import experiments
+from invgrad.victim import training
 
 # Caches stay inside the project (matplotlib, torch hub, papermill/jupyter).
 os.environ.setdefault("MPLCONFIGDIR", str(Path(".cache/matplotlib").resolve()))

@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from . import data, io, metrics
-from .config import make_config
-from .engine import snapshot_iterations
-from .io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
-from .models import _lookup, build_model
-from .training import NOT_RUN, load_checkpoint
-from .user import shared_gradient
+from .. import data, io, metrics
+from ..attack.engine import snapshot_iterations
+from ..config import make_config
+from ..io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
+from ..user.gradient import shared_gradient
+from ..victim.models import _lookup, build_model
+from ..victim.training import NOT_RUN, load_checkpoint
 
 ATTACK_EXPERIMENTS = ("table1", "fedavg", "imagenet", "batch", "architecture", "defenses")
 COMPUTE_EXPERIMENTS = ("analytic", "labels")
@@ -553,7 +553,7 @@ def _reconstructor(model, spec, dm, ds, num_images):
             use_updates=True,
             batch_size=fed["batch_size"],
         )
-    from .attack import GradientReconstructor
+    from ..attack.reconstructor import GradientReconstructor
 
     return GradientReconstructor(model, (dm, ds), spec["attack"], num_images=num_images)
 

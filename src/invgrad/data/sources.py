@@ -1,4 +1,4 @@
-"""Data sources, normalisation constants and target selection.
+"""Data sources and normalisation.
 
 Every source returns a :class:`LabelledDataset`: items are ``(normalised image [C,H,W], int label)`` and the
 object carries ``.info`` (a :class:`DatasetInfo`) and ``.labels`` (``list[int]``) so that target selection can
@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,121 +33,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from .download import DataUnavailableError, cifar_class, download_cifar, extract_archive
-
-__all__ = [
-    "DATASETS",
-    "DataUnavailableError",
-    "DatasetInfo",
-    "LabelledDataset",
-    "NO_TRAINING_DATA",
-    "TrainingSource",
-    "consecutive_indices",
-    "dataset_info",
-    "default_root",
-    "demo_image",
-    "denormalize",
-    "embedded_data_dir",
-    "load_dataset",
-    "load_image",
-    "load_targets",
-    "mean_std",
-    "normalize",
-    "source_root",
-    "resolve_training_source",
-    "unique_label_indices",
-    "valid_dataset_names",
-]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Constants
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the attack and the models need to know about a data set (normalisation, shape, label space)."""
-
-    name: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    class_names: tuple[str, ...] | None = None
-
-
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-
-# The 100 CIFAR-100 fine labels in index order (alphabetical, as in the data set's meta file).
-CIFAR100_CLASSES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
-)  # fmt: skip
-
-DATASETS: dict[str, DatasetInfo] = {
-    "CIFAR10": DatasetInfo(
-        name="CIFAR10",
-        mean=(0.4914672374725342, 0.4822617471218109, 0.4467701315879822),
-        std=(0.24703224003314972, 0.24348513782024384, 0.26158785820007324),
-        num_classes=10,
-        image_shape=(3, 32, 32),
-        class_names=CIFAR10_CLASSES,
-    ),
-    "CIFAR100": DatasetInfo(
-        name="CIFAR100",
-        mean=(0.5071598291397095, 0.4866936206817627, 0.44120192527770996),
-        std=(0.2673342823982239, 0.2564384639263153, 0.2761504650115967),
-        num_classes=100,
-        image_shape=(3, 32, 32),
-        class_names=CIFAR100_CLASSES,
-    ),
-    "ImageNet": DatasetInfo(
-        name="ImageNet",
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        num_classes=1000,
-        image_shape=(3, 224, 224),
-        class_names=None,
-    ),
-}
-
-# Shorter-side size before the centre crop in evaluation pipelines. ImageNet uses the standard 256 -> 224; for
-# the others the shorter side goes straight to the crop size (32x32 CIFAR images are then left untouched).
-_EVAL_RESIZE = {"ImageNet": 256}
-
-_EMBEDDED_PREFIX = "embedded-"
-_FOLDER_PREFIX = "image-folder:"
-
-
-def dataset_info(name: str | DatasetInfo) -> DatasetInfo:
-    """Look up the constants of ``name``; accepts ``CIFAR10``, ``cifar10``, ``embedded-CIFAR10`` or an info."""
-    if isinstance(name, DatasetInfo):
-        return name
-    key = name[len(_EMBEDDED_PREFIX) :] if name.lower().startswith(_EMBEDDED_PREFIX) else name
-    for canonical, info in DATASETS.items():
-        if canonical.lower() == key.lower():
-            return info
-    raise ValueError(f"unknown normalisation/stats name {name!r}; valid: {', '.join(DATASETS)}")
+from .catalog import _EMBEDDED_PREFIX, _EVAL_RESIZE, _FOLDER_PREFIX, DATASETS, DatasetInfo, dataset_info
+from .download import DataUnavailableError, download_cifar
 
 
 def mean_std(
@@ -178,8 +65,8 @@ def denormalize(x: torch.Tensor, name: str | DatasetInfo) -> torch.Tensor:
 
 
 def default_root() -> Path:
-    """``<project>/data/raw``: project root is the parent of ``src/`` (this file is ``src/invgrad/data.py``)."""
-    return Path(__file__).resolve().parents[2] / "data" / "raw"
+    """``<project>/data/raw``: project root is the parent of ``src/`` (this file is ``src/invgrad/data/sources.py``)."""
+    return Path(__file__).resolve().parents[3] / "data" / "raw"
 
 
 def embedded_data_dir() -> Path:
@@ -533,130 +420,6 @@ def load_dataset(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Training data: one resolution order
-# --------------------------------------------------------------------------------------------------------------
-
-NO_TRAINING_DATA = "not run: needs the {dataset} training split"
-# How a user without network access supplies each training split (named in the 'not run' message).
-_ARCHIVE_REMEDY = {
-    "CIFAR10": "an archive with `make CIFAR10_ARCHIVE=<path>/cifar10-jpeg.tar.gz`",
-    "CIFAR100": "an archive via data.archives.CIFAR100",
-}
-
-
-@dataclass(frozen=True)
-class TrainingSource:
-    """A resolved training split: ``source`` for :func:`load_dataset` (``None``: unavailable, see ``reason``)."""
-
-    dataset: str
-    source: str | None
-    origin: str = ""  # where it came from, for the victim's metadata and the report
-    reason: str = ""  # one line: why it is unavailable and how to supply it
-
-    @property
-    def available(self) -> bool:
-        return self.source is not None
-
-
-def _class_problem(folder: Path, info: DatasetInfo) -> str:
-    """'' when every split folder holds one folder per class of ``info``; else what is wrong.
-
-    A CIFAR-10 copy missing a class folder would otherwise train a 9-class victim without a word.
-    """
-    subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    splits = (
-        [folder / d for d in subdirs] if subdirs and set(subdirs) <= {"train", "test", "val"} else [folder]
-    )
-    for split in splits:
-        classes = {d.name for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")}
-        expected = set(info.class_names) if info.class_names else None
-        missing = sorted(expected - classes) if expected and classes <= expected else []
-        if missing:
-            return (
-                f"image folder {split} lacks {len(missing)} of the {info.num_classes} {info.name} class folders "
-                f"({', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}): refused, a partial copy would "
-                "train a victim on fewer classes"
-            )
-        if len(classes) != info.num_classes:
-            return (
-                f"image folder {split} has {len(classes)} class folders, {info.name} has {info.num_classes}"
-            )
-    return ""
-
-
-def resolve_training_source(
-    dataset: str,
-    configured: str | None,
-    archive: str | Path | None = None,
-    root: str | Path | None = None,
-    download: bool = True,
-    fetch: bool = True,
-) -> TrainingSource:
-    """The one resolution order for a training split (used by the DAG's decode_split and so by ``dvc repro``):
-
-    1. the image folder that ``configured`` names (``image-folder:<path>``), unpacked from ``archive`` first when
-       only the archive exists; a folder lacking a class is refused, not used as a smaller label space;
-    2. otherwise torchvision's ``dataset`` downloaded into ``root`` (when ``download``, or when ``configured`` is
-       the torchvision name itself);
-    3. otherwise unavailable, ``reason`` naming both ways to supply it.
-
-    ``fetch=False`` only says what would be used (no extraction, no network): the workflow's start-up note.
-    """
-    info = dataset_info(dataset)
-    root = Path(root) if root is not None else default_root()
-    remedy = (
-        f"to supply it, give {_ARCHIVE_REMEDY[info.name]} or an image folder (data.train.{info.name}: "
-        f"image-folder:<path>), or network access for torchvision's download into {root}"
-    )
-
-    def unavailable(detail: str) -> TrainingSource:
-        return TrainingSource(
-            info.name, None, reason=f"{NO_TRAINING_DATA.format(dataset=info.name)} ({detail}); {remedy}"
-        )
-
-    tried = []
-    folder = (
-        Path(configured[len(_FOLDER_PREFIX) :]).expanduser()
-        if configured and configured.lower().startswith(_FOLDER_PREFIX)
-        else None
-    )
-    has_archive = bool(archive) and Path(archive).is_file()
-    if folder is not None:
-        if not folder.is_dir() and has_archive:
-            if not fetch:
-                return TrainingSource(
-                    info.name, configured, f"image folder {folder}, unpacked from {archive}"
-                )
-            try:
-                extract_archive(archive, root)
-            except DataUnavailableError as error:
-                return unavailable(str(error))
-            if not folder.is_dir():
-                return unavailable(f"archive {archive} holds no folder {folder}")
-        if folder.is_dir():
-            if problem := _class_problem(folder, info):
-                return unavailable(problem)
-            origin = f"image folder {folder}" + (f" (from {archive})" if has_archive else "")
-            return TrainingSource(info.name, configured, origin)
-        tried.append(f"no image folder {folder}" + (f", no archive {archive}" if archive else ""))
-    if configured is not None and folder is None and configured.lower() != info.name.lower():
-        raise ValueError(f"training source {configured!r}: use {info.name}, {_FOLDER_PREFIX}<path> or null")
-    if not (download or (configured or "").lower() == info.name.lower()):
-        return unavailable("; ".join([*tried, "download off (data.download: false)"]))
-    where = root / cifar_class(info.name).base_folder
-    origin = f"torchvision {info.name}, downloaded into {root}"
-    if not fetch:
-        return TrainingSource(
-            info.name, info.name, origin if where.is_dir() else f"{origin} on first use if online"
-        )
-    try:
-        download_cifar(info.name, root)
-    except DataUnavailableError as error:
-        return unavailable("; ".join([*tried, f"torchvision: {error}"]))
-    return TrainingSource(info.name, info.name, origin)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Demo image
 # --------------------------------------------------------------------------------------------------------------
 
@@ -674,66 +437,3 @@ def demo_image(stats: str | DatasetInfo = "CIFAR10") -> tuple[torch.Tensor, int]
     info = dataset_info(stats)
     path = embedded_data_dir() / "imagenet_06_609.jpg"
     return load_image(path, info), _DEMO_LABELS[info.name]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Target selection
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _labels_of(dataset) -> tuple[list[int], int | None]:
-    """Labels and class count of a dataset with ``.labels`` (or of a plain label sequence)."""
-    if hasattr(dataset, "labels"):
-        info = getattr(dataset, "info", None)
-        return [int(y) for y in dataset.labels], (info.num_classes if info is not None else None)
-    return [int(y) for y in dataset], None
-
-
-def consecutive_indices(dataset, start: int, count: int) -> list[int]:
-    """``start, start+1, ..., start+count-1``; the paper's batches of consecutive validation images."""
-    n = len(dataset)
-    if count < 1 or start < 0 or start + count > n:
-        raise ValueError(
-            f"cannot take count={count} consecutive images from start={start}: dataset has len={n}"
-        )
-    return list(range(start, start + count))
-
-
-def unique_label_indices(dataset, start: int, count: int) -> list[int]:
-    """Walk from ``start`` and keep an image only if its label is new, until ``count`` images.
-
-    Multi-image experiments use distinct labels so that the labels can be recovered from the gradient.
-    """
-    labels, num_classes = _labels_of(dataset)
-    if count < 1 or start < 0 or start >= len(labels):
-        raise ValueError(f"invalid request count={count}, start={start} for a dataset of len={len(labels)}")
-    if num_classes is not None and count > num_classes:
-        raise ValueError(
-            f"cannot take count={count} images with unique labels: only {num_classes} classes exist"
-        )
-    taken: set[int] = set()
-    picked: list[int] = []
-    for i in range(start, len(labels)):
-        if labels[i] not in taken:
-            taken.add(labels[i])
-            picked.append(i)
-            if len(picked) == count:
-                return picked
-    raise ValueError(
-        f"cannot take count={count} images with unique labels from start={start}: "
-        f"only {len(picked)} unique labels found before the end (len={len(labels)})"
-    )
-
-
-def load_targets(dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode the chosen items: images ``[N,C,H,W]`` and labels ``[N]`` (long)."""
-    if len(indices) == 0:
-        raise ValueError("load_targets needs at least one index")
-    n = len(dataset)
-    bad = [i for i in indices if not 0 <= int(i) < n]
-    if bad:
-        raise ValueError(f"indices {bad} out of range for a dataset of len={n}")
-    items = [dataset[int(i)] for i in indices]
-    images = torch.stack([img for img, _ in items])
-    labels = torch.tensor([int(y) for _, y in items], dtype=torch.long)
-    return images, labels

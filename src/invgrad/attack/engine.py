@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value, vmap
 from tqdm.auto import tqdm
 
-from .config import lr_milestones
-from .io import load_tensors, save_tensors
+from ..config import lr_milestones
+from ..io import load_tensors, save_tensors
+from ..user.loss import training_loss  # the one definition shared with the user
 from .lbfgs import BatchedLBFGS
 from .objectives import OBJECTIVES, total_variation
-from .user import training_loss
 
 # simulate(params, buffers, x [K,C,H,W], labels [K] or [K, classes]) -> the shared update, one tensor per parameter
 MEDIAN_FILTER_EVERY = 500  # iterations between 3×3 median filter passes (PAPER §4)

@@ -1,14 +1,10 @@
-"""The user side: what a federated-learning client computes and shares (the only thing the server sees)."""
+"""The FedSGD update: the gradient a user shares (the only thing the server sees)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def training_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy: the one loss both the user and the attacker use (never 0.5·CE on one side)."""
-    return F.cross_entropy(logits, labels)
+from .loss import training_loss
 
 
 def shared_gradient(

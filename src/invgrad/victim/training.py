@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .io import load_tensors, save_json, save_tensors
-from .user import training_loss
+from ..io import load_tensors, save_json, save_tensors
+from ..user.loss import training_loss
 
 RECIPE: dict[str, Any] = dict(
     name="conservative",
@@ -191,7 +191,7 @@ def train_tensors(
     """Train ``model`` in place on a decoded split (uint8 [N,3,H,W]) with the conservative recipe's optimiser
     (SGD 0.1, momentum 0.9, Nesterov, weight decay 5e-4, batch 128, drop_last) and crop+flip augmentation on
     tensors; ``schedule`` picks the learning-rate schedule (:data:`SCHEDULES`)."""
-    from .trainset import augment
+    from ..data.trainset import augment
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")

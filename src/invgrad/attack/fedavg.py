@@ -14,93 +14,16 @@ Restarts are scored with that same simulator (mini-batching included; the origin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.func import functional_call, grad
 
-from .attack import GradientReconstructor, Update
+from ..protocol import check_schedule, local_epochs, minibatch_slices
+from ..user.loss import training_loss  # the one definition the attacker shares with the user (same loss)
 from .engine import Simulator, split_parameters
-from .user import shared_gradient, training_loss
-
-
-# -- validation (shared by the user and the attacker, so both reject the same inputs) ---------------------------
-def check_schedule(
-    local_steps: Any, local_lr: Any, batch_size: Any, num_images: int, allow_zero_steps: bool
-) -> None:
-    """Raise ValueError naming the offending value; nothing is computed before this passes."""
-    low = 0 if allow_zero_steps else 1
-    if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < low:
-        raise ValueError(f"local_steps must be an integer >= {low}, got {local_steps!r}")
-    if isinstance(local_lr, bool) or not isinstance(local_lr, (int, float)):
-        raise ValueError(f"local_lr must be a positive finite number, got {local_lr!r}")
-    if not (math.isfinite(local_lr) and local_lr > 0):
-        raise ValueError(f"local_lr must be a positive finite number, got {local_lr!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be an integer >= 0 (0 = full batch), got {batch_size!r}")
-    if batch_size > 0 and num_images % batch_size != 0:
-        raise ValueError(
-            f"batch_size={batch_size} does not divide the number of images num_images={num_images}: "
-            "each local step needs a full mini-batch (use a divisor of num_images, or 0 for full batch)"
-        )
-
-
-def minibatch_slices(local_steps: int, batch_size: int, num_images: int) -> list[slice]:
-    """Which images step k uses: all (B = 0), else mini-batch k mod (K/B)."""
-    if batch_size == 0:
-        return [slice(0, num_images)] * local_steps
-    batches = num_images // batch_size
-    return [slice((k % batches) * batch_size, (k % batches + 1) * batch_size) for k in range(local_steps)]
-
-
-def local_epochs(local_steps: int, batch_size: int, num_images: int) -> float:
-    """Passes over the user's data: n·B/K (n for full batch)."""
-    return float(local_steps) if batch_size == 0 else local_steps * batch_size / num_images
-
-
-# -- the user ----------------------------------------------------------------------------------------------------
-def local_update(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    local_steps: int,
-    local_lr: float,
-    batch_size: int = 0,
-    use_updates: bool = True,
-) -> list[torch.Tensor]:
-    """What a FedAvg user shares after ``local_steps`` SGD steps: Δθ = θ_n − θ_0 (or θ_n), one tensor per parameter.
-
-    The model itself is not modified (a user trains a copy of the global model). ``local_steps=0`` returns the plain
-    gradient (FedSGD). Computed with ordinary autograd on the module — an implementation independent of the
-    attacker's functional unrolling, so the two can be compared.
-    """
-    check_schedule(local_steps, local_lr, batch_size, images.shape[0], allow_zero_steps=True)
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"got {labels.shape[0]} labels for {images.shape[0]} images")
-    if local_steps == 0:
-        return shared_gradient(model, images, labels)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    was_training = model.training
-    model.eval()
-    try:
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        for part in minibatch_slices(local_steps, batch_size, images.shape[0]):
-            loss = training_loss(model(images[part]), labels[part])
-            grads = torch.autograd.grad(loss, trainable)
-            with torch.no_grad():
-                for p, g in zip(trainable, grads, strict=True):
-                    p.sub_(local_lr * g)
-        with torch.no_grad():
-            final = [p.detach().clone() for p in trainable]
-            out = [f - start[n] for f, n in zip(final, names, strict=True)] if use_updates else final
-            for p, n in zip(trainable, names, strict=True):  # give the global model back unchanged
-                p.copy_(start[n])
-    finally:
-        model.train(was_training)
-    return out
+from .reconstructor import GradientReconstructor, Update
 
 
 # -- the attacker's re-simulation ----------------------------------------------------------------------------------

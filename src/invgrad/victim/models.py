@@ -35,7 +35,7 @@ IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # the 20 foolbox ImageNet photos this gives 85% top-1 vs 80% with the torchvision mean/std.
 LITE_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .io import load_tensors, save_tensors
+from ..io import load_tensors, save_tensors
 
 SAME_IMAGE_PSNR = 25.0  # dB between uint8 images: above it, two images are copies of one another
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .config import make_config
+from ..config import make_config
+from .defended import is_defense, simulate_defense
 from .engine import Engine, Simulator, gradient_simulator, split_parameters
 from .labels import LABEL_STRATEGIES, idlg_label, last_layer_labels
 from .objectives import layer_weights
@@ -44,8 +45,8 @@ class GradientReconstructor:
     ):
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-        if defense is not None and not callable(getattr(defense, "simulate", None)):
-            raise ValueError(f"defense must be an invgrad.defenses.Defense (or None), got {defense!r}")
+        if defense is not None and not is_defense(defense):
+            raise ValueError(f"defense must be an invgrad.user.defenses.Defense (or None), got {defense!r}")
         self.model, self.num_images, self.progress = model, num_images, progress
         # A defense the attacker knows of: its clipping/pruning are applied to the simulated update too.
         self.defense = defense
@@ -68,7 +69,7 @@ class GradientReconstructor:
         defense = self.defense
 
         def defended(params, buffers, x, labels):
-            return defense.simulate(simulate(params, buffers, x, labels))
+            return simulate_defense(defense, simulate(params, buffers, x, labels))
 
         return defended
 

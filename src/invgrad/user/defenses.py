@@ -16,9 +16,8 @@ Theorem 8) with sensitivity 2C, implemented here; both are reported and agree to
 δ = 1e-5: ε ≈ 284.4 (the add/remove-one figure, 91.8, would understate it).
 Without clipping the sensitivity is unbounded and ε = inf.
 
-The attack is unaware of the defense unless told: a reconstructor built with ``defense=Defense(...)`` applies the
-deterministic, differentiable parts (clipping, pruning) to its own simulated update — noise cannot be simulated and
-quantisation has no useful derivative, so those stay unmodelled.
+The attack is unaware of the defense unless told: a reconstructor built with ``defense=Defense(...)`` models its
+deterministic, differentiable parts itself (:mod:`invgrad.attack.defended`).
 """
 
 from __future__ import annotations
@@ -124,18 +123,6 @@ class Defense:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-    # -- what an informed attacker can simulate -----------------------------------------------------------------
-    def simulate(self, update: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Clip and prune, differentiably and vmap-safe (no noise, no quantisation)."""
-        out = list(update)
-        if self.clip is not None:
-            norm_ = torch.sqrt(sum(t.pow(2).sum() for t in out))
-            scale = torch.clamp(self.clip / (norm_ + 1e-12), max=1.0)
-            out = [t * scale for t in out]
-        if self.prune is not None:
-            out = [t * _keep_mask(t, self.prune) for t in out]
-        return out
 
 
 def clip_update(update: Sequence[torch.Tensor], bound: float) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .config import INDEX_PATTERN
+from ..config import INDEX_PATTERN
 
 Tensors = Sequence[torch.Tensor]
 
