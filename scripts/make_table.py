@@ -18,6 +18,16 @@ from invgrad.io import save_csv
 from invgrad.metrics import summarize
 
 
+def victim_source(victim: dict) -> str:
+    """The training data a victim learned from, with the hash of its decoded tensors (else where its weights came
+    from: 'untrained', or the published weights of a pretrained model)."""
+    if not victim.get("training_data"):
+        return victim.get("source") or victim.get("weights") or "untrained"
+    sha = victim.get("training_data_sha256") or ""
+    origin = victim.get("training_data_origin") or victim["training_data"]
+    return f"{origin} (sha256 {sha[:12]})" if sha else origin
+
+
 def axes(record: dict) -> list[dict]:
     """The grid coordinates of a record (one dict per sweep the cell belongs to)."""
     spec = record["spec"]
@@ -32,6 +42,7 @@ def axes(record: dict) -> list[dict]:
         "weights": record["weights"],
         "victim_accuracy": victim.get("val_accuracy"),
         "victim_floor": spec.get("victim_floor"),
+        "victim_source": victim_source(victim),
         "preset": spec.get("preset", "ours"),
         "user_loss_scale": spec.get("user_loss_scale", 1.0),
         "indices": json.dumps(record.get("indices", [])),

@@ -516,3 +516,15 @@ def test_withheld_statistic_is_shown_but_never_a_verdict():
     ours.loc[3, "indices"] = json.dumps([99])
     mismatch = one(tables(ours, zhu, converged=False))
     assert "withheld" not in mismatch["reason"] and np.isnan(mismatch["statistic"])
+
+
+def test_each_verdict_names_the_training_data_of_its_victims():
+    base = 12 + noise(0, 20, 3)
+    source = "image folder data/raw/cifar10-jpeg (sha256 0123456789ab)"
+    ours = images("L_t_ours", base + 4 + noise(1, 20), weights="trained", victim_source=source)
+    zhu = images("L_t_zhu", base, method="zhu", weights="trained", victim_source=source)
+    assert one(tables(ours, zhu))["victim_source"] == source
+    untrained = images("L_u_ours", base + 4, victim_source="untrained"), images(
+        "L_u_zhu", base, method="zhu", victim_source="untrained"
+    )
+    assert one(tables(*untrained))["victim_source"] == ""

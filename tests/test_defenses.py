@@ -237,3 +237,14 @@ def test_defenses_compose_with_fedavg(lenet, cifar_samples, cifar_stats):
     assert out.shape == (2, 3, 32, 32) and stats["failures"] == 0
     with pytest.raises(ValueError, match="must be an invgrad.user.defenses.Defense"):
         GradientReconstructor(lenet, cifar_stats, defense="noise")
+
+
+@pytest.mark.parametrize("clip, prune", [(1e-3, None), (None, 0.1), (1e-3, 0.3), (100.0, 1.0)])
+def test_the_attackers_simulation_matches_the_users_defense_without_noise(clip, prune):
+    """The attacker models clipping and pruning on its own (invgrad.attack.defended); it must agree with the user's."""
+    from invgrad.attack.defended import simulate_defense
+
+    update = [torch.randn(5, 7, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    defense = Defense(clip=clip, prune=prune)
+    for mine, theirs in zip(simulate_defense(defense, update), defense.apply(update), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)

@@ -54,6 +54,7 @@ COLUMNS = [
     "margin",
     "ours",
     "paper",
+    "victim_source",
     "reason",
 ]
 OPS = {"==": operator.eq, ">": operator.gt, "<": operator.lt, "!=": operator.ne}
@@ -397,6 +398,12 @@ def _first(cell: CellData, column: str):
     return None
 
 
+def _victim_sources(cells: list[CellData]) -> str:
+    """What the compared cells' victims were trained on (source and data hash), once each; '' when all untrained."""
+    sources = [_text(_first(c, "victim_source")) for c in cells]
+    return "; ".join(dict.fromkeys(s for s in sources if s and s != "untrained"))
+
+
 def _gate_victim(cell: CellData) -> str:
     accuracy, floor = _first(cell, "victim_accuracy"), _first(cell, "victim_floor")
     if _finite(accuracy) and _finite(floor) and float(accuracy) < float(floor):
@@ -625,6 +632,7 @@ def _decide_one(claim: Claim, fixed: dict[str, Any], tables, recovered: float) -
         if isinstance(cell, str):
             return {**row, "verdict": "not run", "reason": cell}
     row["cells"] = " vs ".join(c.name for c in cells)
+    row["victim_source"] = _victim_sources(cells)
     if len(cells) == 2 and cells[0].name == cells[1].name:
         return {
             **row,

@@ -514,7 +514,7 @@ def _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason) -> l
 def _user_updates(model, spec, truths, labels) -> tuple[list, list[dict]]:
     """What each simulated user shares (the only thing handed to the attacker) and per-user defense facts."""
     if spec["threat"] == "fedavg":
-        from .federated import local_update
+        from ..user.fedavg import local_update
 
         fed = spec["fedavg"]
         updates = [
@@ -527,7 +527,7 @@ def _user_updates(model, spec, truths, labels) -> tuple[list, list[dict]]:
     scale = spec.get("user_loss_scale", 1.0)  # 0.5: the paper code's user loss before 2021-03 (attacker: CE)
     updates = [shared_gradient(model, x, y, loss_scale=scale) for x, y in zip(truths, labels, strict=True)]
     if spec.get("defense"):
-        from .defenses import Defense
+        from ..user.defenses import Defense
 
         facts = []
         for e, update in enumerate(updates):
@@ -540,7 +540,7 @@ def _user_updates(model, spec, truths, labels) -> tuple[list, list[dict]]:
 
 def _reconstructor(model, spec, dm, ds, num_images):
     if spec["threat"] == "fedavg":
-        from .federated import FedAvgReconstructor
+        from ..attack.fedavg import FedAvgReconstructor
 
         fed = spec["fedavg"]
         return FedAvgReconstructor(
