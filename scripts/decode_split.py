@@ -18,7 +18,7 @@ from _common import log, stage_args
 
 from invgrad import data
 from invgrad.data import trainset
-from invgrad.victim.training import NOT_RUN
+from invgrad.data.catalog import NOT_RUN
 
 
 def main(argv=None) -> int:

@@ -524,7 +524,8 @@ def test_each_verdict_names_the_training_data_of_its_victims():
     ours = images("L_t_ours", base + 4 + noise(1, 20), weights="trained", victim_source=source)
     zhu = images("L_t_zhu", base, method="zhu", weights="trained", victim_source=source)
     assert one(tables(ours, zhu))["victim_source"] == source
-    untrained = images("L_u_ours", base + 4, victim_source="untrained"), images(
-        "L_u_zhu", base, method="zhu", victim_source="untrained"
+    untrained = (
+        images("L_u_ours", base + 4, victim_source="untrained"),
+        images("L_u_zhu", base, method="zhu", victim_source="untrained"),
     )
     assert one(tables(*untrained))["victim_source"] == ""

@@ -66,11 +66,13 @@ def test_dvc_config_is_offline_with_a_copy_cache_and_a_default_remote_outside_th
 def test_dvc_yaml_paths_follow_the_config():
     config = load_yaml(ROOT / "config/config.yaml")
     stages = dvc_stages()
-    root, archive = config["data"]["root"], config["data"]["archives"]["CIFAR10"]
+    archive = config["data"]["archives"]["CIFAR10"]
     folder = config["data"]["train"]["CIFAR10"].split(":", 1)[1]
-    assert archive in stages["training_data"]["deps"]
-    assert set(stages["training_data"]["outs"]) == {f"{root}/.CIFAR10.extracted", folder}
-    assert folder in stages["decoded_data"]["deps"] and stages["decoded_data"]["outs"] == ["data/cache"]
+    decoded = stages["decoded_data"]
+    # No stage needs the archive or the folder: the source resolves in Snakemake (archive, folder or download).
+    assert not {archive, folder} & set(decoded["deps"]) and "training_data" not in stages
+    assert decoded["always_changed"] is True and decoded["outs"] == [{"data/cache": {"persist": True}}]
+    assert all(f"{experiments.CACHE_DIR}/CIFAR10-{s}.pt" in decoded["cmd"] for s in ("train", "test"))
     assert experiments.CACHE_DIR in stages["victims"]["deps"]
     assert {Path(p).parent.parent.as_posix() for p in experiments.victims(config)} == {"results/victims"}
     assert stages["victims"]["outs"] == ["results/victims"]
@@ -276,15 +278,50 @@ def test_push_clone_pull_then_snakemake_plans_nothing_upstream_of_the_attacks(pu
     assert meta["sha256"] == training.file_sha256(origin / CHECKPOINT)
 
     assert training.verify_checkpoint(pulled / CHECKPOINT) == meta["sha256"]
-    assert (pulled / "data/raw/.CIFAR10.extracted").exists() and (
-        pulled / "data/cifar10-jpeg.tar.gz"
-    ).exists()
-    assert "up to date" in run(pulled, DVC, "status", home=pushed["home"]).stdout
+    status = run(pulled, DVC, "status", home=pushed["home"]).stdout
+    assert "always changed" in status and "modified" not in status and "changed deps" not in status, status
 
     plan = planned_jobs(run(pulled, SNAKEMAKE, "-n", home=pushed["home"]).stdout)
     assert plan.get("attack_table1") == 1  # results are not shared: the attacks run ...
     assert "train_victim" not in plan and "extract_training_data" not in plan  # ... on the pulled victims
     assert "decode_split" not in plan
+
+
+def test_repro_without_training_data_says_so_then_trains_once_it_is_supplied(tmp_path):
+    """No archive, no folder, no download: `dvc repro` succeeds and the victim records why it was not trained.
+    Supplying the archive later is enough: the next `dvc repro` decodes it and trains (the 'not run' split is
+    retried, not kept)."""
+    if DVC is None or SNAKEMAKE is None:
+        pytest.skip("dvc/snakemake not installed (pip install -e .[workflow])")
+    home, project = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    for name in ("workflow", "scripts", "notebooks", "config", "src"):
+        shutil.copytree(
+            ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, project / name)
+    config = tiny_config()
+    config["data"]["download"] = False  # no network in tests: the download path is tests/test_download.py's
+    (project / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run(project, "git", "init", "-q", home=home)
+
+    run(project, DVC, "repro", home=home, timeout=300)
+    meta = json.loads((project / CHECKPOINT).with_suffix(".json").read_text())
+    assert meta["status"] == "not run" and "needs the CIFAR10 training split" in meta["reason"]
+    assert "CIFAR10_ARCHIVE" in meta["reason"]  # the message names how to supply it
+
+    make_image_folder(tmp_path / "images", per_class=4, test_per_class=1)
+    (project / "data").mkdir(exist_ok=True)
+    with tarfile.open(project / config["data"]["archives"]["CIFAR10"], "w:gz") as tar:
+        tar.add(tmp_path / "images/cifar10-jpeg", arcname="cifar10-jpeg")
+    run(project, DVC, "repro", home=home, timeout=300)
+    meta = json.loads((project / CHECKPOINT).with_suffix(".json").read_text())
+    assert (
+        meta["status"] == "ok" and meta["training_images"] == 32 and len(meta["training_data_sha256"]) == 64
+    )
+    assert training.verify_checkpoint(project / CHECKPOINT) == meta["sha256"]
 
 
 def test_a_corrupted_checkpoint_is_refused_and_dvc_restores_it(pushed, pulled):

@@ -205,3 +205,22 @@ def test_decode_split_script_records_a_missing_source(tmp_path):
     assert result.returncode == 0, result.stderr
     _, _, meta = trainset.load_split(out)
     assert meta["status"] == "not run" and "needs the CIFAR10 training split" in meta["reason"]
+
+
+def test_a_split_without_a_source_is_retried_not_kept(tmp_path):
+    """'not run' splits are removed by retry_unavailable (what the workflow calls at parse); decoded ones stay."""
+    from invgrad.data import cache
+
+    empty = torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+    trainset.save_split(
+        tmp_path / "CIFAR10-train.pt", empty, torch.zeros(0, dtype=torch.int64), {"status": "not run"}
+    )
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    trainset.save_split(tmp_path / "CIFAR10-test.pt", images, torch.tensor([0, 1]), {"status": "ok"})
+    assert cache.read_status(tmp_path / "CIFAR10-test.pt")["sha256"] == trainset.content_sha256(
+        images, torch.tensor([0, 1])
+    )
+    listed = cache.retry_unavailable(tmp_path, dry_run=True)
+    assert listed == [tmp_path / "CIFAR10-train.pt"] and listed[0].exists()  # a dry run deletes nothing
+    assert cache.retry_unavailable(tmp_path) == listed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CIFAR10-test.json", "CIFAR10-test.pt"]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from invgrad.data import cache as decoded_cache
 from invgrad.replication import experiments
 from invgrad.victim import training
 
@@ -98,9 +99,12 @@ def extraction_flag(dataset):
     ):
         return []
     flag = f"{config['data']['root']}/.{dataset}.extracted"
-    if Path(flag).exists() or not Path(source.split(":", 1)[1]).is_dir():
+    if Path(flag).exists():
         return [flag]
-    return []
+    decoded = [experiments.split_cache(dataset, split) for split in ("train", "test")]
+    if all((decoded_cache.read_status(p) or {}).get("status") == "ok" for p in decoded):
+        return []  # decoded splits pulled by DVC: nothing to unpack
+    return [] if Path(source.split(":", 1)[1]).is_dir() else [flag]
 
 
 def cell_images(experiment):

@@ -90,5 +90,7 @@ def dataset_info(name: str | DatasetInfo) -> DatasetInfo:
     raise ValueError(f"unknown normalisation/stats name {name!r}; valid: {', '.join(DATASETS)}")
 
 
+# The status of a result that could not be produced (a split without a source, a victim without training data).
+NOT_RUN = "not run"
 # The 'not run' reason of a cell whose victim lacks its training split (formatted with the dataset's name).
 NO_TRAINING_DATA = "not run: needs the {dataset} training split"

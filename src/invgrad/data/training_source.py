@@ -78,7 +78,8 @@ def resolve_training_source(
     root = Path(root) if root is not None else default_root()
     remedy = (
         f"to supply it, give {_ARCHIVE_REMEDY[info.name]} or an image folder (data.train.{info.name}: "
-        f"image-folder:<path>), or network access for torchvision's download into {root}"
+        f"image-folder:<path>), or network access for torchvision's download into {root}; the next run tries "
+        "again"
     )
 
     def unavailable(detail: str) -> TrainingSource:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..io import load_tensors, save_tensors
+from .cache import write_status
 
 SAME_IMAGE_PSNR = 25.0  # dB between uint8 images: above it, two images are copies of one another
 
@@ -56,9 +57,11 @@ def content_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 def save_split(path: str | Path, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any]) -> dict:
-    """Write the decoded split atomically; returns the metadata stored with it (adds count and sha256)."""
+    """Write the decoded split atomically, then its status sidecar (:mod:`.cache`); returns the metadata stored
+    with it (adds count and sha256)."""
     meta = {**meta, "images": int(images.shape[0]), "sha256": content_sha256(images, labels)}
     save_tensors({"images": images, "labels": labels, "meta": meta}, path)
+    write_status(path, meta)
     return meta
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..data.catalog import NOT_RUN  # noqa: F401 (a checkpoint without training data records it)
 from ..io import load_tensors, save_json, save_tensors
 from ..user.loss import training_loss
 
@@ -43,7 +44,6 @@ RECIPE: dict[str, Any] = dict(
     schedule_epochs=120,
     gamma=0.1,
 )
-NOT_RUN = "not run"
 _CHUNK = 1 << 20
 
 
