@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from invgrad import data
+from invgrad.data import trainset
 from invgrad.replication import experiments
 from invgrad.victim import training
 from invgrad.victim.models import build_model
@@ -20,9 +21,10 @@ def test_milestones_match_the_paper():
 
 
 def test_train_improves_loss_and_checkpoint_round_trips(tmp_path):
-    dataset = data.load_dataset("embedded-CIFAR10")
+    images, labels = trainset.decode(data.load_dataset("embedded-CIFAR10"))
+    stats = data.mean_std("CIFAR10")
     model = build_model("LeNetZhu", seed=0)
-    history = training.train(model, dataset, epochs=2, seed=0, batch_size=8, log=lambda m: None)
+    history = training.train_tensors(model, images, labels, stats, epochs=2, batch_size=8, log=lambda m: None)
     assert len(history["loss"]) == 2 and all(map(lambda v: v == v, history["loss"]))
     path = training.save_checkpoint(
         tmp_path / "v.pt", model, {"status": "ok", "epochs": 2, "architecture": "LeNetZhu"}
@@ -32,7 +34,7 @@ def test_train_improves_loss_and_checkpoint_round_trips(tmp_path):
     fresh = build_model("LeNetZhu", seed=1)
     fresh.load_state_dict(state)
     assert torch.equal(fresh[0].weight, model[0].weight)
-    assert 0.0 <= training.evaluate(model, dataset) <= 1.0
+    assert 0.0 <= training.accuracy_tensors(model, images, labels, stats) <= 1.0
 
 
 def test_not_run_checkpoint_marks_trained_cells(tmp_path):

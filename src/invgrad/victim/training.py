@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from ..data.catalog import NOT_RUN  # noqa: F401 (a checkpoint without training data records it)
 from ..io import load_tensors, save_json, save_tensors
@@ -94,67 +93,6 @@ def recipe_optimizer(model: torch.nn.Module) -> torch.optim.SGD:
 def milestones(schedule_epochs: int = 120) -> list[int]:
     """Epochs at which the learning rate drops ×0.1 (the paper's float floor-divisions: 44, 74, 105 for 120)."""
     return [int(schedule_epochs // divisor) for divisor in (2.667, 1.6, 1.142)]
-
-
-def _subset(dataset, max_images: int | None, seed: int):
-    if max_images is None or max_images >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return Subset(dataset, order[:max_images].tolist())
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, max_images: int | None = None, batch_size: int = 256) -> float:
-    """Top-1 accuracy on (a fixed, seeded subset of) ``dataset`` in eval mode."""
-    model.eval()
-    loader = DataLoader(_subset(dataset, max_images, seed=0), batch_size=batch_size, shuffle=False)
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(dim=1) == y).sum())
-        total += int(y.numel())
-    return correct / max(total, 1)
-
-
-def train(
-    model: torch.nn.Module,
-    dataset,
-    epochs: int,
-    seed: int = 0,
-    max_images: int | None = None,
-    batch_size: int = RECIPE["batch_size"],
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train ``model`` in place with the conservative recipe; returns the history (loss per epoch, seconds)."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    data = _subset(dataset, max_images, seed)
-    if len(data) < batch_size:
-        raise ValueError(f"{len(data)} training images are fewer than one batch of {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
-    optimizer = recipe_optimizer(model)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=milestones(RECIPE["schedule_epochs"]), gamma=RECIPE["gamma"]
-    )
-    history, start = [], time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for epoch in range(epochs):
-            model.train()
-            running, batches = 0.0, 0
-            for x, y in loader:
-                optimizer.zero_grad(set_to_none=True)
-                loss = training_loss(model(x), y)
-                loss.backward()
-                optimizer.step()
-                running, batches = running + float(loss.detach()), batches + 1
-            scheduler.step()
-            history.append(running / max(batches, 1))
-            log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.perf_counter() - start:.0f} s)")
-            if not math.isfinite(history[-1]):
-                raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {history[-1]})")
-    model.eval()
-    return {"loss": history, "seconds": time.perf_counter() - start, "images_per_epoch": len(data)}
 
 
 SCHEDULES = ("paper", "onecycle")
