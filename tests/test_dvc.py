@@ -193,6 +193,18 @@ def tiny_config() -> dict:
     return config
 
 
+def copy_project(target: Path, config: dict) -> None:
+    """The project's workflow, code and DVC files under ``target``, with ``config`` as config/config.yaml."""
+    for name in ("workflow", "scripts", "notebooks", "config", "src"):
+        shutil.copytree(
+            ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, target / name)
+    (target / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def run(cwd: Path, *args: str, home: Path, check: bool = True, timeout: int = 120):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(home)}
     env.update(
@@ -217,14 +229,7 @@ def pushed(tmp_path_factory):
     base = tmp_path_factory.mktemp("dvc")
     home, origin = base / "home", base / "origin"
     home.mkdir()
-    for name in ("workflow", "scripts", "notebooks", "config", "src"):
-        shutil.copytree(
-            ROOT / name, origin / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-        )
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
-        (origin / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, origin / name)
-    (origin / "config/config.yaml").write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
+    copy_project(origin, tiny_config())
     make_image_folder(base / "images", per_class=4, test_per_class=1)
     (origin / "data").mkdir()
     with tarfile.open(origin / "data/cifar10-jpeg.tar.gz", "w:gz") as tar:
@@ -295,16 +300,9 @@ def test_repro_without_training_data_says_so_then_trains_once_it_is_supplied(tmp
         pytest.skip("dvc/snakemake not installed (pip install -e .[workflow])")
     home, project = tmp_path / "home", tmp_path / "project"
     home.mkdir()
-    for name in ("workflow", "scripts", "notebooks", "config", "src"):
-        shutil.copytree(
-            ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-        )
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, project / name)
     config = tiny_config()
     config["data"]["download"] = False  # no network in tests: the download path is tests/test_download.py's
-    (project / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    copy_project(project, config)
     run(project, "git", "init", "-q", home=home)
 
     run(project, DVC, "repro", home=home, timeout=300)
