@@ -77,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stats", default=None, help="normalisation constants for image-folder data (CIFAR10, ImageNet)"
     )
-    p.add_argument("--data_root", default=None, help="download/cache folder for torchvision data sets")
+    p.add_argument(
+        "--data_root",
+        default=None,
+        help="download/cache folder for torchvision data sets (default: $INVGRAD_DATA, else ./data/raw)",
+    )
     p.add_argument(
         "--trained_model",
         action="store_true",
