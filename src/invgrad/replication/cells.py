@@ -150,17 +150,6 @@ def attack_and_score(
         scores = metrics.image_metrics(rec01, truth01, match=num_images > 1)
         failed = metrics.attack_failed(outputs[j])
         prior = metrics.psnr_per_image(metrics.to_unit_range(torch.zeros_like(truth), dm, ds), truth01)
-        curve = [  # scored after the attack, with the final pairing; the attacker never saw these
-            [
-                it,
-                float(
-                    metrics.psnr_per_image(
-                        metrics.to_unit_range(x[j], dm, ds)[scores["order"]], truth01
-                    ).mean()
-                ),
-            ]
-            for it, x in sorted(stats["snapshots"].items())
-        ]
         record = {
             "labels": label.tolist(),
             "labels_used": stats["labels"][j].tolist(),
@@ -173,13 +162,22 @@ def attack_and_score(
             "chosen_restart": stats["chosen"][j],
             "failed_restarts": stats["failures"][j],
             "psnr_prior_per_image": prior.tolist(),  # the data set's mean colour: what knowing nothing gives
-            "snapshots": curve,
+            "snapshots": _psnr_curve(stats["snapshots"], j, scores["order"], truth01, dm, ds),
             "seconds": seconds / len(truths),
             "attack_seed": stats["seed"] + j,
         }
         results.append(UserResult(record, truth01, rec01[scores["order"]]))
     facts = {"threat_model": stats["threat_model"], "seed": stats["seed"], "seconds": seconds, "config": cfg}
     return results, facts
+
+
+def _psnr_curve(snapshots: dict, j: int, order: list[int], truth01, dm, ds) -> list[list]:
+    """[[iteration, mean PSNR]] of user ``j``'s kept iterates, scored after the attack with the final pairing (the
+    attacker never saw these)."""
+    return [
+        [it, float(metrics.psnr_per_image(metrics.to_unit_range(x[j], dm, ds)[order], truth01).mean())]
+        for it, x in sorted(snapshots.items())
+    ]
 
 
 def run_users(
