@@ -12,7 +12,7 @@ import sys
 
 from _common import load_config, log, set_threads, spec_arg
 
-from invgrad.replication import experiments
+from invgrad.replication import cells, experiments
 
 
 def main(argv=None) -> int:
@@ -31,19 +31,19 @@ def main(argv=None) -> int:
     if spec is None:
         if not (args.config and args.experiment):
             p.error("give --spec, or --config and --experiment")
-        cells = experiments.validate(load_config(args.config))
-        if args.experiment not in cells:
-            p.error(f"experiment {args.experiment!r} is not enabled; enabled: {sorted(cells)}")
-        if args.cell not in cells[args.experiment]:
-            p.error(f"unknown cell {args.cell!r}; cells: {sorted(cells[args.experiment])}")
-        spec = cells[args.experiment][args.cell]
+        planned = experiments.validate(load_config(args.config))
+        if args.experiment not in planned:
+            p.error(f"experiment {args.experiment!r} is not enabled; enabled: {sorted(planned)}")
+        if args.cell not in planned[args.experiment]:
+            p.error(f"unknown cell {args.cell!r}; cells: {sorted(planned[args.experiment])}")
+        spec = planned[args.experiment][args.cell]
     names = spec["selection"]["names"]
     bad = [n for n in args.only or [] if n not in names]
     if bad:
         p.error(f"unknown target(s) {bad} for cell {args.cell}; targets: {names}")
     set_threads(args.threads)
     out = args.out or f"results/{spec['experiment']}/{args.cell}"
-    records = experiments.run_cell(spec, args.cell, out, only=args.only, log=log)
+    records = cells.run_cell(spec, args.cell, out, only=args.only, log=log)
     for r in records:
         log(f"{r['cell']}/{r['target']}: {r['status']} PSNR {r['psnr']:.2f} dB")
     return 0

@@ -142,12 +142,12 @@ def test_torchvision_cifar10_offline_fails_fast(tmp_path):
     assert "image-folder:<path>" in msg
 
 
-def test_default_root_is_project_data_raw():
-    root = data.default_root()
-    assert (
-        root.parts[-2:] == ("data", "raw")
-        and (root.parents[1] / "src" / "invgrad" / "data" / "sources.py").is_file()
-    )
+def test_default_root_is_data_raw_under_the_working_directory_or_invgrad_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("INVGRAD_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert data.default_root() == tmp_path / "data" / "raw"
+    monkeypatch.setenv("INVGRAD_DATA", str(tmp_path / "elsewhere"))
+    assert data.default_root() == tmp_path / "elsewhere"
 
 
 # ---------------------------------------------------------------------------------------------- image folders

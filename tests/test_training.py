@@ -9,7 +9,7 @@ import yaml
 
 from invgrad import data
 from invgrad.data import trainset
-from invgrad.replication import experiments
+from invgrad.replication import cells, experiments
 from invgrad.victim import training
 from invgrad.victim.models import build_model
 
@@ -46,7 +46,7 @@ def test_not_run_checkpoint_marks_trained_cells(tmp_path):
         None,
         {"status": "not run", "reason": "not run: needs the CIFAR10 training split (see README)"},
     )
-    records = experiments.run_cell(spec, "LeNetZhu_trained_ours", tmp_path / "cell", log=lambda m: None)
+    records = cells.run_cell(spec, "LeNetZhu_trained_ours", tmp_path / "cell", log=lambda m: None)
     assert [r["status"] for r in records] == ["not run", "not run"]
     assert "training split" in records[0]["reason"]
 

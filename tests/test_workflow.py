@@ -86,7 +86,7 @@ def test_paper_config_plans_without_imagenet(tmp_path):
 
 
 def test_imagenet_cell_without_folder_is_not_run(tmp_path):
-    from invgrad.replication import experiments
+    from invgrad.replication import cells
 
     spec = {
         "experiment": "imagenet",
@@ -100,7 +100,7 @@ def test_imagenet_cell_without_folder_is_not_run(tmp_path):
         "seed": 0,
         "device": "cpu",
     }
-    records = experiments.run_cell(spec, "efficientnet-lite0", tmp_path / "out", log=lambda _: None)
+    records = cells.run_cell(spec, "efficientnet-lite0", tmp_path / "out", log=lambda _: None)
     assert records[0]["status"] == "not run"
     assert "needs an ImageNet validation folder" in records[0]["reason"]
 

@@ -20,20 +20,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from . import data, metrics
-from .attack.fedavg import FedAvgReconstructor
 from .attack.labels import LABEL_STRATEGIES
-from .attack.reconstructor import GradientReconstructor
 from .config import PRESETS, ConfigError, make_config
 from .io import image_grid, load_tensors, save_json, save_png, to_uint8
 from .protocol import check_schedule
+from .replication.cells import Threat, run_users
 from .user.defenses import Defense
-from .user.fedavg import local_update
 from .victim.models import build_model
 
 # The paper's CLI names ImageNet's torchvision ResNets like the CIFAR ones; the data set disambiguates.
@@ -41,6 +38,26 @@ IMAGENET_MODEL_ALIASES = {"ResNet18": "torchvision-resnet18", "ResNet152": "torc
 # Iteration budgets of the paper's scripts for each preset (rec_mult.py: ours 4,800 Adam steps, zhu 500 L-BFGS).
 DEFAULT_ITERATIONS = {"ours": 4800, "zhu": 500}
 DEFAULT_TV = {"ours": 1e-4, "zhu": 0.0}
+# What metrics.json reports per experiment (after its indices), from the shared scoring of invgrad.replication.cells.
+EXPERIMENT_KEYS = (
+    "labels",
+    "labels_used",
+    "label_accuracy",
+    "pairing",
+    "order",
+    "psnr",
+    "mse",
+    "ssim",
+    "psnr_mean",
+    "mse_mean",
+    "ssim_mean",
+    "failed",
+    "fmse",
+    "rec_loss",
+    "restart_losses",
+    "chosen_restart",
+    "failed_restarts",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stats", default=None, help="normalisation constants for image-folder data (CIFAR10, ImageNet)"
     )
-    p.add_argument("--data_root", default=None, help="download/cache folder for torchvision data sets")
+    p.add_argument(
+        "--data_root",
+        default=None,
+        help="download/cache folder for torchvision data sets (default: $INVGRAD_DATA, else ./data/raw)",
+    )
     p.add_argument(
         "--trained_model",
         action="store_true",
@@ -287,57 +308,32 @@ def run(args) -> dict:
     dm, ds = data.mean_std(info, device=device)
     truths = [images.to(device) for images, _, _ in experiments]
     labels = [lab.to(device) for _, lab, _ in experiments]
-    updates = [  # all the server sees: the gradient (FedSGD) or Δθ (FedAvg), then the defense
-        local_update(model, x, y, args.accumulation, args.local_lr, args.batch_size)
-        for x, y in zip(truths, labels, strict=True)
-    ]
-    if defense.active:
-        noise = torch.Generator(device=device).manual_seed(args.seed)
-        updates = [defense.apply(u, generator=noise) for u in updates]
-    known = {"defense": defense if args.defense_aware and defense.active else None, "progress": args.progress}
-    if args.accumulation > 0:
-        attacker = FedAvgReconstructor(
-            model,
-            (dm, ds),
-            args.accumulation,
-            args.local_lr,
-            cfg,
-            num_images=args.num_images,
-            batch_size=args.batch_size,
-            **known,
-        )
-    else:
-        attacker = GradientReconstructor(model, (dm, ds), cfg, num_images=args.num_images, **known)
-    start = time.perf_counter()
-    outputs, stats = attacker.reconstruct_many(
-        updates,
-        labels if args.labels == "known" else args.labels,
-        img_shape=tuple(truths[0].shape[1:]),
+    threat = Threat(
+        local_steps=args.accumulation,
+        local_lr=args.local_lr,
+        batch_size=args.batch_size,
+        defense={k: v for k, v in defense.as_dict().items() if k != "seed"} if defense.active else None,
+        defense_aware=args.defense_aware,
+        labels=args.labels,
+        delta=args.defense_delta,
+    )
+    results, call = run_users(  # user e: attack init and defense noise from seed + e
+        model,
+        (dm, ds),
+        truths,
+        labels,
+        threat,
+        cfg,
+        seed=args.seed,
         state_path=output / ".attack_state.pt",  # rerunning a killed run resumes from its last snapshot
         save_every=args.save_every,
+        progress=args.progress,
     )
-    seconds = time.perf_counter() - start
 
     rows, per_experiment = [], []
-    for e, (truth, label, (_, _, indices)) in enumerate(zip(truths, labels, experiments, strict=True)):
-        truth01, rec01 = metrics.to_unit_range(truth, dm, ds), metrics.to_unit_range(outputs[e], dm, ds)
-        scores = metrics.image_metrics(rec01, truth01, match=args.num_images > 1)
-        failed = stats["chosen"][e] is None and cfg["scoring_choice"] in ("loss", "tv")
-        per_experiment.append(
-            {
-                "indices": indices,
-                "labels": label.tolist(),
-                "labels_used": stats["labels"][e].tolist(),
-                "label_accuracy": metrics.label_accuracy(stats["labels"][e], label.cpu()),
-                **scores,
-                "fmse": float("nan") if failed else metrics.feature_mse(model, outputs[e], truth),
-                "rec_loss": stats["opt"][e],
-                "restart_losses": stats["restart_losses"][e],
-                "chosen_restart": stats["chosen"][e],
-                "failed_restarts": stats["failures"][e],
-            }
-        )
-        rows += [to_uint8(truth01), to_uint8(rec01[scores["order"]])]
+    for result, (_, _, indices) in zip(results, experiments, strict=True):
+        per_experiment.append({"indices": indices, **{k: result.record[k] for k in EXPERIMENT_KEYS}})
+        rows += [to_uint8(result.truth), to_uint8(result.reconstruction)]
     psnr = [value for exp in per_experiment for value in exp["psnr"]]
     result = {
         "model": args.model,
@@ -347,17 +343,17 @@ def run(args) -> dict:
         "ssim_summary": metrics.summarize([v for exp in per_experiment for v in exp["ssim"]]),
         "psnr_mean": metrics.summarize(psnr)["mean"],
         "ssim_mean": float(sum(exp["ssim_mean"] for exp in per_experiment) / len(per_experiment)),
-        "rec_loss": stats["opt"][0],
+        "rec_loss": per_experiment[0]["rec_loss"],
         "label_strategy": args.labels,
         "label_accuracy_mean": float(
             sum(exp["label_accuracy"] for exp in per_experiment) / len(per_experiment)
         ),
         "pairing": per_experiment[0]["pairing"],
-        "threat_model": stats["threat_model"],
+        "threat_model": call["threat_model"],
         "defense": defense_report,
         "experiments": per_experiment,
-        "seed": stats["seed"],
-        "seconds": seconds,
+        "seed": call["seed"],
+        "seconds": call["seconds"],
         "config": cfg,
         "device": str(device),
         "torch": torch.__version__,

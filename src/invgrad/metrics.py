@@ -77,6 +77,14 @@ def match_images(rec: torch.Tensor, truth: torch.Tensor) -> list[int]:
     return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
 
 
+def attack_failed(reconstruction: torch.Tensor) -> bool:
+    """The one definition of a failed attack on a user: its reconstruction is not finite, because every restart
+    diverged (NaN/inf) and none could be chosen or averaged. Exactly then its PSNR is NaN, which :func:`summarize`
+    counts as a failure; the CLI's ``failed`` and a cell's ``status: failed`` are this, whatever the scoring choice.
+    """
+    return not bool(torch.isfinite(reconstruction).all())
+
+
 def image_metrics(rec: torch.Tensor, truth: torch.Tensor, match: bool = False) -> dict:
     """Per-image PSNR/MSE/SSIM on [0, 1] images (optionally after Hungarian matching) and their means."""
     order = match_images(rec, truth) if match else list(range(truth.shape[0]))

@@ -18,6 +18,7 @@ _EXPORTS = {
             "NO_TRAINING_DATA",
             "DatasetInfo",
             "dataset_info",
+            "image_folder_path",
         ],
         ".catalog",
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -94,3 +95,10 @@ def dataset_info(name: str | DatasetInfo) -> DatasetInfo:
 NOT_RUN = "not run"
 # The 'not run' reason of a cell whose victim lacks its training split (formatted with the dataset's name).
 NO_TRAINING_DATA = "not run: needs the {dataset} training split"
+
+
+def image_folder_path(source: str | None) -> Path | None:
+    """The folder an ``image-folder:<path>`` source names (``~`` expanded); None for every other source."""
+    if source and source.lower().startswith(_FOLDER_PREFIX):
+        return Path(source[len(_FOLDER_PREFIX) :]).expanduser()
+    return None

@@ -21,6 +21,7 @@ torchvision's download, else a 'not run' reason naming both.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -64,9 +65,15 @@ def denormalize(x: torch.Tensor, name: str | DatasetInfo) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
+DATA_ENV = "INVGRAD_DATA"
+
+
 def default_root() -> Path:
-    """``<project>/data/raw``: project root is the parent of ``src/`` (this file is ``src/invgrad/data/sources.py``)."""
-    return Path(__file__).resolve().parents[3] / "data" / "raw"
+    """Where torchvision data sets are downloaded to and read from when no ``root`` is given: ``$INVGRAD_DATA`` if
+    set, else ``data/raw`` under the current working directory (the project's own layout when run from its root).
+    Resolved at each call, never from where the package is installed, so the library works outside a checkout."""
+    configured = os.environ.get(DATA_ENV)
+    return Path(configured).expanduser() if configured else Path.cwd() / "data" / "raw"
 
 
 def embedded_data_dir() -> Path:
@@ -392,7 +399,7 @@ def valid_dataset_names() -> list[str]:
 
 def source_root(source: str, data_root: str | Path) -> str | Path | None:
     """The ``root=`` to pass :func:`load_dataset` for a configured source: image folders are given relative to the
-    project (None); every other source downloads into or reads from ``data_root``."""
+    working directory (None); every other source downloads into or reads from ``data_root``."""
     return None if source.lower().startswith(_FOLDER_PREFIX) else data_root
 
 
@@ -405,8 +412,8 @@ def load_dataset(
 ) -> LabelledDataset:
     """Single entry point for all sources (see module docstring); ``name`` is matched case-insensitively.
 
-    ``root``: download folder for torchvision sources (default ``<project>/data/raw``); for image folders a base
-    for relative paths. ``stats``: normalisation name, required for image folders, optional check otherwise.
+    ``root``: download folder for torchvision sources (default :func:`default_root`: ``$INVGRAD_DATA``, else
+    ``./data/raw``); for image folders a base for relative paths. ``stats``: normalisation name, required for image folders, optional check otherwise.
     """
     if name.lower().startswith(_FOLDER_PREFIX):
         path = name[len(_FOLDER_PREFIX) :]

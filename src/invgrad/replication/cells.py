@@ -1,0 +1,445 @@
+"""One path from users' images to scored reconstructions, shared by the command line and the pipeline's cells.
+
+:func:`run_users` simulates the users (their update, then their defense), attacks every update in one batched
+``reconstruct_many`` call and scores the reconstructions; ``invgrad.cli.run`` and :func:`run_cell` both call it,
+so a number means the same thing in ``metrics.json`` and in ``results/<experiment>/<cell>/<target>.json``.
+
+Seeds: user ``first_user + j`` of a call draws its attack initialisation from ``attack_config["seed"] +
+first_user + j`` (the engine's rule) and its defense noise from ``seed + first_user + j``, so attacking users in
+one batch, in several, or one at a time never changes any user's result.
+
+The attacker only ever receives the model, the shared update, the protocol's public parameters and (when granted)
+the labels; ground truth is used after the attack, for scoring.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import data, metrics
+from ..attack.engine import snapshot_iterations
+from ..attack.fedavg import FedAvgReconstructor
+from ..attack.reconstructor import GradientReconstructor
+from ..io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
+from ..user.defenses import Defense
+from ..user.fedavg import local_update
+from ..user.gradient import shared_gradient
+from ..victim.models import build_model
+from ..victim.training import NOT_RUN, load_checkpoint
+from .experiments import NO_VAL_FOLDER
+
+
+@dataclass(frozen=True)
+class Threat:
+    """What each simulated user does before sharing, and what the attacker is told.
+
+    ``local_steps`` 0: the user shares its gradient (FedSGD, times ``loss_scale``); n > 0: its FedAvg update Δθ
+    after n local steps of size ``local_lr`` on mini-batches of ``batch_size`` (0 = full batch). ``defense``:
+    :class:`~invgrad.user.defenses.Defense` settings without the seed (None or inactive: no defense);
+    ``defense_aware``: the attacker simulates its deterministic parts. ``labels``: ``known`` (granted) or the
+    attacker's recovery strategy. ``delta``: the δ at which the defense's ε is reported.
+    """
+
+    local_steps: int = 0
+    local_lr: float = 1e-4
+    batch_size: int = 0
+    loss_scale: float = 1.0
+    defense: dict[str, Any] | None = None
+    defense_aware: bool = False
+    labels: str = "known"
+    delta: float = 1e-5
+
+    def defense_for(self, seed: int | None) -> Defense | None:
+        """The defense of the user whose noise is seeded by ``seed`` (None when there is no active defense)."""
+        defense = Defense(**(self.defense or {}), seed=seed)
+        return defense if defense.active else None
+
+
+@dataclass
+class UserResult:
+    """One user's scored reconstruction: ``record`` (JSON-able numbers) and the [0, 1] images, paired."""
+
+    record: dict[str, Any]
+    truth: torch.Tensor
+    reconstruction: torch.Tensor
+
+
+def share_updates(model, truths, labels, threat: Threat, seed: int, first_user: int = 0):
+    """What each user sends (the only thing handed to the attacker), and the defense facts of each user."""
+    updates, facts = [], []
+    privacy = None
+    for j, (x, y) in enumerate(zip(truths, labels, strict=True)):
+        if threat.local_steps > 0:
+            update = local_update(model, x, y, threat.local_steps, threat.local_lr, threat.batch_size)
+        else:
+            update = shared_gradient(model, x, y, loss_scale=threat.loss_scale)
+        defense = threat.defense_for(seed + first_user + j)
+        if defense is None:
+            updates.append(update)
+            facts.append({})
+            continue
+        privacy = privacy or defense.privacy(threat.delta)  # the same for every user: computed once
+        updates.append(defense.apply(update))
+        facts.append({"defense": defense.as_dict(), "privacy": privacy})
+    return updates, facts
+
+
+def reconstructor(model, normalisation, threat: Threat, attack_config: dict, num_images: int, progress=False):
+    """The server's attacker for this threat model (FedSGD or FedAvg, aware of the defense or not)."""
+    aware = threat.defense_for(None) if threat.defense_aware else None
+    common = {"num_images": num_images, "progress": progress, "defense": aware}
+    if threat.local_steps > 0:
+        return FedAvgReconstructor(
+            model,
+            normalisation,
+            threat.local_steps,
+            threat.local_lr,
+            attack_config,
+            batch_size=threat.batch_size,
+            **common,
+        )
+    return GradientReconstructor(model, normalisation, attack_config, **common)
+
+
+def attack_and_score(
+    model: torch.nn.Module,
+    normalisation: tuple[torch.Tensor, torch.Tensor],
+    updates: Sequence[Sequence[torch.Tensor]],
+    truths: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    threat: Threat,
+    attack_config: dict,
+    *,
+    first_user: int = 0,
+    state_path: str | Path | None = None,
+    save_every: int = 500,
+    snapshots: Sequence[int] = (),
+    progress: bool = False,
+) -> tuple[list[UserResult], dict[str, Any]]:
+    """Attack ``updates`` in one batched call, then score each against its ``truths`` (never shown to the attacker).
+
+    Returns one :class:`UserResult` per update and the call's facts (threat model, seed, seconds). A user whose
+    attack failed (:func:`invgrad.metrics.attack_failed`) gets FMSE NaN, like its PSNR.
+    """
+    dm, ds = normalisation
+    num_images = truths[0].shape[0]
+    cfg = dict(attack_config)
+    if cfg.get("seed") is not None:
+        cfg["seed"] = cfg["seed"] + first_user
+    attacker = reconstructor(model, (dm, ds), threat, cfg, num_images, progress)
+    start = time.perf_counter()
+    outputs, stats = attacker.reconstruct_many(
+        list(updates),
+        list(labels) if threat.labels == "known" else threat.labels,
+        img_shape=tuple(truths[0].shape[1:]),
+        state_path=state_path,
+        save_every=save_every,
+        snapshots=snapshots,
+    )
+    seconds = time.perf_counter() - start
+    results = []
+    for j, (truth, label) in enumerate(zip(truths, labels, strict=True)):
+        truth01, rec01 = metrics.to_unit_range(truth, dm, ds), metrics.to_unit_range(outputs[j], dm, ds)
+        scores = metrics.image_metrics(rec01, truth01, match=num_images > 1)
+        failed = metrics.attack_failed(outputs[j])
+        prior = metrics.psnr_per_image(metrics.to_unit_range(torch.zeros_like(truth), dm, ds), truth01)
+        record = {
+            "labels": label.tolist(),
+            "labels_used": stats["labels"][j].tolist(),
+            "label_accuracy": metrics.label_accuracy(stats["labels"][j], label.cpu()),
+            **scores,
+            "failed": failed,
+            "fmse": math.nan if failed else metrics.feature_mse(model, outputs[j], truth),
+            "rec_loss": stats["opt"][j],
+            "restart_losses": stats["restart_losses"][j],
+            "chosen_restart": stats["chosen"][j],
+            "failed_restarts": stats["failures"][j],
+            "psnr_prior_per_image": prior.tolist(),  # the data set's mean colour: what knowing nothing gives
+            "snapshots": _psnr_curve(stats["snapshots"], j, scores["order"], truth01, dm, ds),
+            "seconds": seconds / len(truths),
+            "attack_seed": stats["seed"] + j,
+        }
+        results.append(UserResult(record, truth01, rec01[scores["order"]]))
+    facts = {"threat_model": stats["threat_model"], "seed": stats["seed"], "seconds": seconds, "config": cfg}
+    return results, facts
+
+
+def _psnr_curve(snapshots: dict, j: int, order: list[int], truth01, dm, ds) -> list[list]:
+    """[[iteration, mean PSNR]] of user ``j``'s kept iterates, scored after the attack with the final pairing (the
+    attacker never saw these)."""
+    return [
+        [it, float(metrics.psnr_per_image(metrics.to_unit_range(x[j], dm, ds)[order], truth01).mean())]
+        for it, x in sorted(snapshots.items())
+    ]
+
+
+def run_users(
+    model: torch.nn.Module,
+    normalisation: tuple[torch.Tensor, torch.Tensor],
+    truths: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    threat: Threat,
+    attack_config: dict,
+    *,
+    seed: int,
+    first_user: int = 0,
+    **attack_options,
+) -> tuple[list[UserResult], dict[str, Any]]:
+    """Simulate users ``first_user, first_user + 1, ...`` (defense noise from ``seed`` + user), attack and score.
+
+    The one path of the CLI and the pipeline; ``attack_options`` go to :func:`attack_and_score` (``state_path``,
+    ``save_every``, ``snapshots``, ``progress``). Each result's record carries the user's defense facts.
+    """
+    updates, facts = share_updates(model, truths, labels, threat, seed, first_user)
+    results, call = attack_and_score(
+        model,
+        normalisation,
+        updates,
+        truths,
+        labels,
+        threat,
+        attack_config,
+        first_user=first_user,
+        **attack_options,
+    )
+    for result, fact in zip(results, facts, strict=True):
+        result.record.update(fact)
+    return results, call
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A pipeline cell: its victim, its images, its users
+# ----------------------------------------------------------------------------------------------------------------
+def threat_of(spec: dict[str, Any]) -> Threat:
+    """The threat model a cell's spec describes."""
+    fed = (spec.get("fedavg") or {}) if spec.get("threat") == "fedavg" else {}
+    return Threat(
+        local_steps=fed.get("local_steps", 0),
+        local_lr=fed.get("local_lr", 1e-4),
+        batch_size=fed.get("batch_size", 0),
+        loss_scale=spec.get("user_loss_scale", 1.0),  # 0.5: the paper code's user loss before 2021-03
+        defense=spec.get("defense"),
+        defense_aware=spec.get("defense_aware", False),
+        labels=spec.get("labels", "known"),
+        delta=spec.get("delta", 1e-5),
+    )
+
+
+def load_victim(spec: dict) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+    """The cell's model and where its weights come from; ``(None, meta)`` when its training was not run."""
+    info = data.dataset_info(spec["dataset"])
+    num_classes = None if spec["weights"] == "pretrained" else info.num_classes
+    if spec["weights"] == "untrained":
+        model = build_model(spec["model"], num_classes=num_classes, seed=spec["seed"])
+        return model, {"weights": "untrained", "init_seed": spec["seed"]}
+    if spec["weights"] == "pretrained":
+        model = build_model(spec["model"], pretrained=True)
+        return model, {"weights": "pretrained", "source": "published ImageNet weights"}
+    state, meta = load_checkpoint(spec["victim"])
+    if meta.get("status") == NOT_RUN:
+        return None, meta
+    model = build_model(spec["model"], num_classes=num_classes, seed=spec["seed"])
+    model.load_state_dict(state)
+    return model, meta
+
+
+def _select(spec: dict, dataset) -> list[list[int]]:
+    sel = spec["selection"]
+    if sel["rule"] == "list":
+        return [[i] for i in sel["indices"]]
+    rows = []
+    for e in range(sel["users"]):
+        start = sel["start"] + e * sel["per_user"]
+        if sel["rule"] == "consecutive":
+            rows.append(data.consecutive_indices(dataset, start, sel["per_user"]))
+        else:
+            rows.append(data.unique_label_indices(dataset, start, sel["per_user"]))
+    return rows
+
+
+def _normalisation(model, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    own = getattr(model, "input_normalization", None)
+    if own is not None and spec["weights"] == "pretrained":
+        return tuple(torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in own)
+    return data.mean_std(spec["dataset"])
+
+
+def _prepare(images: torch.Tensor, spec: dict, dm, ds) -> torch.Tensor:
+    """Data-set normalisation → [0,1] → (optional resize) → the model's normalisation."""
+    unit = data.denormalize(images, spec["dataset"]).clamp(0, 1)
+    size = spec.get("image_size")
+    if size and tuple(unit.shape[-2:]) != (size, size):
+        unit = torch.nn.functional.interpolate(unit, size=(size, size), mode="bilinear", antialias=True)
+        unit = unit.clamp(0, 1)
+    return (unit - dm) / ds
+
+
+def _not_run_record(spec: dict, cell: str, name: str, reason: str) -> dict[str, Any]:
+    return {
+        "experiment": spec["experiment"],
+        "cell": cell,
+        "target": name,
+        "status": NOT_RUN,
+        "reason": reason,
+        "model": spec["model"],
+        "weights": spec["weights"],
+        "psnr": math.nan,
+        "spec": spec,
+    }
+
+
+def _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason) -> list[dict[str, Any]]:
+    records = [_not_run_record(spec, cell, names[p], reason) for p in positions]
+    for record in records:
+        save_json(record, out_dir / f"{record['target']}.json")
+    if not only or not (out_dir / "images.pt").exists():
+        save_tensors({"status": NOT_RUN, "reason": reason, "targets": {}}, out_dir / "images.pt")
+    log(f"{cell}: {reason}")
+    return records
+
+
+def _contiguous_runs(positions: list[int]) -> list[list[int]]:
+    """One batched call for a contiguous block of users (the whole cell in the normal case), else one per user."""
+    if positions == list(range(positions[0], positions[0] + len(positions))):
+        return [positions]
+    return [[p] for p in positions]
+
+
+def run_cell(
+    spec: dict[str, Any],
+    cell: str,
+    out_dir: str | Path,
+    only: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Attack every user of one cell in one batched call; write ``<target>.json`` per user and ``images.pt``.
+
+    ``only``: target names to (re)compute alone — each keeps the seeds it has in the full batch (attack and
+    defense noise), so a rerun of one image reproduces that image's result; ``images.pt`` is updated in place.
+    """
+    out_dir = Path(out_dir)
+    names = spec["selection"]["names"]
+    positions = list(range(len(names))) if not only else [names.index(n) for n in only]
+    device = torch.device(spec["device"])
+    model, victim_meta = load_victim(spec)
+    if model is None:
+        reason = victim_meta.get("reason", NOT_RUN)
+        return _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason)
+    model = model.to(device).eval()
+    folder = data.image_folder_path(spec["val_source"])
+    if folder is not None and not folder.is_dir():
+        reason = NO_VAL_FOLDER.format(dataset=spec["dataset"], folder=folder)
+        return _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason)
+    dataset = data.load_dataset(
+        spec["val_source"],
+        split="val",
+        root=data.source_root(spec["val_source"], spec["data_root"]),
+        stats=spec["dataset"],
+    )
+    rows = _select(spec, dataset)
+    dm, ds = (t.to(device) for t in _normalisation(model, spec))
+    truths, labels = {}, {}
+    for p in positions:
+        x, y = data.load_targets(dataset, rows[p])
+        truths[p], labels[p] = _prepare(x, spec, dm.cpu(), ds.cpu()).to(device), y.to(device)
+
+    threat, attack = threat_of(spec), spec["attack"]
+    num_images = spec["selection"]["per_user"]
+    results, half_psnr = {}, {}
+    for group in _contiguous_runs(positions):
+        users = dict(
+            truths=[truths[p] for p in group],
+            labels=[labels[p] for p in group],
+            seed=spec["seed"],
+            first_user=group[0],
+        )
+        done, _ = run_users(
+            model,
+            (dm, ds),
+            threat=threat,
+            attack_config=attack,
+            state_path=out_dir / f".attack_state_{group[0]}.pt",  # a preempted job resumes from here
+            snapshots=snapshot_iterations(attack["max_iterations"]),
+            **users,
+        )
+        results.update(zip(group, done, strict=True))
+        log(
+            f"{cell}: attacked {len(group)} user(s) × {num_images} image(s) in {done[0].record['seconds'] * len(group):.1f} s"
+        )
+        if attack["lr_decay"] and attack["max_iterations"] >= 2:
+            # A decaying schedule anneals at its end, so the iterate at half the budget is not what half the
+            # budget would give: run the same attack (same seeds) at half the budget to measure the last doubling.
+            half_attack = {**attack, "max_iterations": attack["max_iterations"] // 2}
+            half, _ = run_users(
+                model,
+                (dm, ds),
+                threat=threat,
+                attack_config=half_attack,
+                state_path=out_dir / f".attack_state_half_{group[0]}.pt",
+                **users,
+            )
+            half_psnr.update((p, h.record["psnr_mean"]) for p, h in zip(group, half, strict=True))
+            log(f"{cell}: the same attack at half the budget for the convergence check")
+
+    records, tensors = [], {}
+    for p in positions:
+        result = results[p]
+        record = cell_record(spec, cell, names[p], rows[p], result, victim_meta, device)
+        if p in half_psnr:
+            record["half_budget_run"] = {"iterations": attack["max_iterations"] // 2, "psnr": half_psnr[p]}
+        records.append(record)
+        save_json(record, out_dir / f"{names[p]}.json")
+        tensors[names[p]] = {"truth": result.truth, "reconstruction": result.reconstruction}
+    _save_images(out_dir, names, tensors, only, num_images)
+    return records
+
+
+def cell_record(spec, cell, name, indices, result: UserResult, victim_meta, device) -> dict[str, Any]:
+    """The JSON of one user of a cell: the shared scores plus where they come from."""
+    scores = result.record
+    prior = scores["psnr_prior_per_image"]
+    return {
+        "experiment": spec["experiment"],
+        "cell": cell,
+        "target": name,
+        "status": "failed" if scores["failed"] else "ok",
+        "model": spec["model"],
+        "weights": spec["weights"],
+        "dataset": spec["dataset"],
+        "val_source": spec["val_source"],
+        "indices": indices,
+        **scores,
+        "psnr_per_image": scores["psnr"],
+        "ssim_per_image": scores["ssim"],
+        "psnr": scores["psnr_mean"],
+        "psnr_prior": sum(prior) / len(prior),
+        "half_budget_run": None,
+        "victim": victim_meta,
+        "device": str(device),
+        "torch": str(torch.__version__),
+        "spec": spec,
+    }
+
+
+def _save_images(out_dir: Path, names, tensors, only, num_images) -> None:
+    """``images.pt`` (merged into the previous one for a partial rerun) and, for one image per user, a preview."""
+    previous = {}
+    if only and (out_dir / "images.pt").exists():
+        old = load_tensors(out_dir / "images.pt")
+        previous = old.get("targets", {}) if isinstance(old, dict) else {}
+    save_tensors({"status": "ok", "targets": {**previous, **tensors}}, out_dir / "images.pt")
+    rows = []
+    for name in names:
+        if name in tensors:
+            rows += [to_uint8(tensors[name]["truth"]), to_uint8(tensors[name]["reconstruction"])]
+    if rows and num_images == 1:
+        pairs = [[r[0] for r in rows[0::2]], [r[0] for r in rows[1::2]]]
+        size = next(iter(tensors.values()))["truth"].shape[-1]
+        save_png(image_grid(pairs, scale=max(1, 128 // size)), out_dir / "preview.png")

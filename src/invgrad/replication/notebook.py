@@ -1,0 +1,114 @@
+"""What the analysis notebooks share: their first cell (:func:`setup`) and their plotting helpers.
+
+Cheap by design: tables and ``images.pt`` only, never an attack. No matplotlib backend is chosen here: run by a
+person, Jupyter's inline backend shows every figure; run by papermill (the workflow) or nbconvert, the kernel is the
+same, and :func:`save_figure` writes the PNG and PDF files either way (``Figure.savefig`` needs no display).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import io
+from ..victim.training import NOT_RUN
+
+
+def setup(results_dir: str | Path, config_label: str):
+    """A notebook's first cell: the seaborn theme, the experiment's ``table.csv`` (and ``images.csv`` when written),
+    and a printed line naming the config and the cells that did not run. Returns ``(table, images_csv, note)``."""
+    import pandas as pd
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    results_dir = Path(results_dir)
+    table = pd.read_csv(results_dir / "table.csv")
+    images_path = results_dir / "images.csv"
+    images_csv = pd.read_csv(images_path) if images_path.exists() else None
+    note = not_run_note(table)
+    print("config:", config_label)
+    print(note or "all cells ran")
+    return table, images_csv, note
+
+
+def load_cell_images(results_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``{cell: images.pt content}`` for every cell folder under ``results_dir``."""
+    out = {}
+    for path in sorted(Path(results_dir).glob("*/images.pt")):
+        out[path.parent.name] = io.load_tensors(path)
+    return out
+
+
+def best_median_worst(images_csv, cell: str) -> list[tuple[str, str, float]]:
+    """(label, target, psnr) of the best, median and worst finite image of a cell (fewer when the cell is small)."""
+    rows = images_csv[(images_csv.cell == cell) & images_csv.psnr.notna()].sort_values("psnr")
+    if rows.empty:
+        return []
+    picks = {"worst": rows.iloc[0], "median": rows.iloc[len(rows) // 2], "best": rows.iloc[-1]}
+    seen, out = set(), []
+    for label in ("best", "median", "worst"):
+        row = picks[label]
+        if row.target not in seen:
+            seen.add(row.target)
+            out.append((label, str(row.target), float(row.psnr)))
+    return out
+
+
+def save_figure(fig, figures_dir: str | Path, stem: str) -> None:
+    """PNG (for the report) and PDF (for papers) side by side."""
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        io.save_figure(fig, figures_dir / f"{stem}.{ext}", dpi=150, bbox_inches="tight")
+
+
+def show_image(ax, tensor: torch.Tensor, title: str = "") -> None:
+    """[C,H,W] in [0,1] on an axis, NaN shown black."""
+    ax.imshow(torch.nan_to_num(tensor.detach().cpu(), nan=0.0).clamp(0, 1).permute(1, 2, 0).numpy())
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def convergence_figure(images_csv, title: str):
+    """PSNR of each cell's mean reconstruction against the iterations spent (the snapshots kept during the attack
+    and scored afterwards): one curve per cell, so a reader sees whether its budget was enough."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ran = images_csv[images_csv.status != NOT_RUN] if images_csv is not None else None
+    if ran is None or ran.empty or "snapshots" not in ran.columns:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no cell ran", ha="center")
+    else:
+        for cell, rows in ran.groupby("cell", sort=False):
+            curves = [dict((int(i), p) for i, p in json.loads(s)) for s in rows.snapshots.drop_duplicates()]
+            iterations = sorted(set().union(*curves))
+            means = [
+                sum(0.0 if c.get(i) is None or c[i] != c[i] else c[i] for c in curves) / len(curves)
+                for i in iterations
+            ]
+            (line,) = ax.plot(iterations, means, marker="o", label=f"{cell} (n={len(curves)})")
+            runs = rows.get("psnr_half_budget_run")
+            if runs is not None and runs.notna().all():  # the same attack run at half the budget
+                half = sum(0.0 if v != v else v for v in runs) / len(runs)
+                ax.plot([iterations[-1] // 2], [half], marker="s", mfc="none", color=line.get_color(), ls="")
+        ax.set_xscale("log")
+        ax.set_xlabel("iterations (L-BFGS: outer steps); □ = the attack run at half the budget")
+        ax.set_ylabel("mean PSNR [dB] (failures as 0)")
+        ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=8)
+    return fig
+
+
+def not_run_note(table) -> str:
+    """One line naming the cells that were not run and why ('' when all ran)."""
+    if "status" not in table.columns:
+        return ""
+    missing = table[table.status == NOT_RUN]
+    if missing.empty:
+        return ""
+    reasons = sorted(set(missing.reason))
+    return f"{len(missing)} cell(s) {'; '.join(reasons)}: " + ", ".join(missing.cell)
