@@ -1,4 +1,4 @@
-"""Analytic input recovery of a biased fully-connected layer (PAPER §6): relative error table.
+"""Analytic input recovery of a biased fully-connected layer (arXiv 2003.14053, the fully-connected-layer proposition): relative error table.
 
 python scripts/analytic_table.py --spec '<json>' --out results/analytic/table.csv
 For each model's first biased Linear layer (the whole image for an MLP, the feature vector otherwise): random

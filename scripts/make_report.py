@@ -52,7 +52,7 @@ def statistic_text(row) -> str:
 
 def claim_lines(table: pd.DataFrame) -> list[str]:
     lines = [
-        "| claim (PAPER §8) | paper | ours | n (failed: NaN, counted as 0 dB) | statistic / CI | verdict | reason |",
+        "| claim (arXiv 2003.14053) | paper | ours | n (failed: NaN, counted as 0 dB) | statistic / CI | verdict | reason |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in table.to_dict("records"):

@@ -1,4 +1,4 @@
-"""Analytic inversion of a biased fully-connected layer (issue #4, item 5; PAPER §6)."""
+"""Analytic inversion of a biased fully-connected layer (issue #4, item 5; arXiv 2003.14053, the fully-connected-layer proposition)."""
 
 import pytest
 import torch

@@ -401,7 +401,7 @@ def test_make_report_writes_claims_csv_and_renders_it(tmp_path):
     assert dlg["untrained, vs zhu_halfce"] == "supported" and dlg["untrained, vs zhu"] == "contradicted"
     text = report.read_text()
     assert (
-        "| claim (PAPER §8) | paper | ours | n (failed: NaN, counted as 0 dB) | statistic / CI | verdict | reason |"
+        "| claim (arXiv 2003.14053) | paper | ours | n (failed: NaN, counted as 0 dB) | statistic / CI | verdict | reason |"
         in text
     )
     for row in table.itertuples():

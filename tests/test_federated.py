@@ -152,7 +152,7 @@ def _noise_psnr(truth_images, stats):
 
 
 def test_fedavg_paper_setting_is_reconstructed_well_above_noise(lenet, cifar_samples, cifar_stats):
-    """Paper notebook setting (PAPER §5): 1 image, 5 local steps, τ = 1e-4, untrained net; here LeNetZhu,
+    """Paper notebook setting (arXiv 2003.14053, Table 2 and Fig. 5): 1 image, 5 local steps, τ = 1e-4, untrained net; here LeNetZhu,
     200 signed-Adam steps, TV 1e-2, two users attacked in one batched call.
 
     Measured: 20.1 and 18.1 dB (images 0, 8; image 0 reaches 23.4 dB at 300 steps) against random candidates at 10.4 / 9.5 dB.

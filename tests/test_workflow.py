@@ -136,7 +136,7 @@ def test_whole_dag_on_test_config(project):
     result = snakemake(project, "--cores", "2", "--configfile", "config/test.yaml", timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     report = (project / "figures/REPORT.md").read_text()
-    assert "| claim (PAPER §8) |" in report and "Runtime per stage" in report
+    assert "| claim (arXiv 2003.14053) |" in report and "Runtime per stage" in report
     for experiment in EXPERIMENTS:
         assert (project / f"results/{experiment}/table.csv").exists()
         assert (project / f"results/{experiment}/{experiment}.ipynb").exists()

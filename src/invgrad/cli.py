@@ -4,7 +4,7 @@ Example (the paper's quick start, offline data):
     python scripts/reconstruct_image.py --model LeNetZhu --dataset embedded-CIFAR10 --cost_fn sim \
         --indices def --restarts 1 --save_image --target_id 0 --tv 1e-2
 
-FedAvg (PAPER §5): ``--accumulation n --local_lr τ --batch_size B`` makes the simulated user share the update
+FedAvg (arXiv 2003.14053, Table 2 and Fig. 5): ``--accumulation n --local_lr τ --batch_size B`` makes the simulated user share the update
 Δθ after n local SGD steps and attacks it with :class:`invgrad.FedAvgReconstructor`. Labels not granted:
 ``--labels idlg|joint|last-layer``. User-side defenses: ``--defense_clip C --defense_noise σ --defense_prune p
 --defense_bits b`` (``--defense_aware`` tells the attacker). The paper's FedAvg branch used ``--lr 1``; here the

@@ -1,6 +1,6 @@
 """The attack configuration: the paper's keys, validated once, so a typo fails before any work.
 
-Values follow PAPER §4. ``DEFAULT_CONFIG`` is the paper code's default at HEAD; the command-line presets
+Values follow the official code's inversefed/reconstruction_algorithms.py. ``DEFAULT_CONFIG`` is the paper code's default at HEAD; the command-line presets
 ``ours`` (the paper's method as its scripts run it) and ``zhu`` (the DLG baseline) only state differences.
 """
 

@@ -1,5 +1,5 @@
 rule replication_report:
-    """figures/claims.csv (every claim of PAPER §8 decided by invgrad.replication.claims) and figures/REPORT.md rendered from it."""
+    """figures/claims.csv (every claim of the paper (arXiv 2003.14053) decided by invgrad.replication.claims) and figures/REPORT.md rendered from it."""
     input:
         tables=expand("results/{experiment}/table.csv", experiment=NOTEBOOK_EXPERIMENTS),
         images=expand("results/{experiment}/images.csv", experiment=list(CELLS)),

@@ -21,7 +21,7 @@ rule table:
 
 
 rule analytic_table:
-    """Analytic FC-layer input recovery (PAPER §6): relative error per model, batch size, precision."""
+    """Analytic FC-layer input recovery (arXiv 2003.14053, the fully-connected-layer proposition): relative error per model, batch size, precision."""
     output:
         table="results/analytic/table.csv",
         trials="results/analytic/trials.csv",

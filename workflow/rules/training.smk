@@ -71,7 +71,7 @@ rule victims:
 
 
 rule train_victim:
-    """Conservative recipe (PAPER §7) on the decoded split, accuracy on held-out test images; without training
+    """Conservative recipe (the official code's inversefed/training defaults) on the decoded split, accuracy on held-out test images; without training
     data the checkpoint records 'not run'."""
     input:
         train=f"{experiments.CACHE_DIR}/{{dataset}}-train.pt",

@@ -1,4 +1,4 @@
-"""Analytic inversion of a biased fully-connected layer (PAPER §6).
+"""Analytic inversion of a biased fully-connected layer (arXiv 2003.14053, the fully-connected-layer proposition).
 
 For y = A x + b and any loss L: ∂L/∂b_i = ∂L/∂y_i and ∂L/∂A_{i,:} = (∂L/∂y_i)·xᵀ, so every row i with
 ∂L/∂b_i ≠ 0 gives xᵀ = ∂L/∂A_{i,:} / ∂L/∂b_i. All usable rows are combined by least squares,

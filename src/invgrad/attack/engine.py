@@ -31,7 +31,7 @@ from .lbfgs import BatchedLBFGS
 from .objectives import OBJECTIVES, total_variation
 
 # simulate(params, buffers, x [K,C,H,W], labels [K] or [K, classes]) -> the shared update, one tensor per parameter
-MEDIAN_FILTER_EVERY = 500  # iterations between 3×3 median filter passes (PAPER §4)
+MEDIAN_FILTER_EVERY = 500  # iterations between 3×3 median filter passes (the official code's inversefed/reconstruction_algorithms.py)
 
 Simulator = Callable[[dict, dict, torch.Tensor, torch.Tensor], list[torch.Tensor]]
 

@@ -1,4 +1,4 @@
-"""Federated averaging (FedAvg): the user's multi-step local update and the attack that inverts it (PAPER §5).
+"""Federated averaging (FedAvg): the user's multi-step local update and the attack that inverts it (arXiv 2003.14053, Table 2 and Fig. 5).
 
 User: from θ_0, ``local_steps`` plain gradient-descent steps θ_{k+1} = θ_k − τ·∇θ CE(model_θk(x_k), y_k) on its K
 images, in eval mode (BatchNorm uses running statistics), mean cross-entropy. ``batch_size`` B = 0 means every

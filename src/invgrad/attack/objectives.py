@@ -1,4 +1,4 @@
-"""Distances between a candidate's shared update and the observed one (PAPER §4), plus the TV prior.
+"""Distances between a candidate's shared update and the observed one (the official code's inversefed/reconstruction_algorithms.py), plus the TV prior.
 
 Every objective takes two lists of tensors (one entry per parameter) and a weight per entry. Index selection
 (``def``, ``topN`` ...) and weighting (``equal``, ``linear``, ``exp``) are folded into that one weight vector,
@@ -63,7 +63,7 @@ OBJECTIVES: dict[str, Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]] 
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic TV of a [..., C, H, W] batch: mean |horizontal diff| + mean |vertical diff| (PAPER §4)."""
+    """Anisotropic TV of a [..., C, H, W] batch: mean |horizontal diff| + mean |vertical diff| (the official code's inversefed/reconstruction_algorithms.py)."""
     dx = (x[..., :, :, :-1] - x[..., :, :, 1:]).abs().mean()
     dy = (x[..., :, :-1, :] - x[..., :, 1:, :]).abs().mean()
     return dx + dy

@@ -6,7 +6,7 @@ same evidence points the other way, and "inconclusive" otherwise. Before any sta
 cannot be made at all ("not run", "not comparable": different images, a weak victim, a starved budget, no
 convergence evidence, fewer than 10 paired images), each with its reason.
 
-* :data:`CLAIMS` — the claims (PAPER §8 of the replication inventory; paper numbers from Table 1 of arXiv 2003.14053).
+* :data:`CLAIMS` — the claims (paper numbers from Table 1 of arXiv 2003.14053).
 * :func:`load_tables` — ``{experiment: (images.csv or None, table.csv or None)}`` from a results folder.
 * :func:`decide` — one row per (claim, compared pair): the columns of ``figures/claims.csv`` (:data:`COLUMNS`).
 """

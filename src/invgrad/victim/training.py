@@ -1,4 +1,4 @@
-"""Victim training with the paper's "conservative" recipe (PAPER §7), and crash-safe checkpoints.
+"""Victim training with the paper's "conservative" recipe (the official code's inversefed/training defaults), and crash-safe checkpoints.
 
 Recipe: SGD lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4, batch 128 (drop_last), cross-entropy, MultiStepLR
 γ = 0.1 at epochs ``120//2.667, 120//1.6, 120//1.142`` = 44, 74, 105 — fixed to the 120-epoch schedule whatever the
