@@ -226,7 +226,9 @@ def _victim(args, info) -> tuple[torch.nn.Module, str]:
     )
     if args.trained_model and args.checkpoint is None and not pretrained:
         raise ValueError(
-            f"--trained_model for {name} needs --checkpoint PATH (a state dict of trained weights)"
+            f"--trained_model for {name} needs --checkpoint PATH (a state dict of trained weights), e.g. "
+            f"results/victims/{info.name}/{name}_e<epochs>.pt from `snakemake victims`, which takes the training "
+            "split from a local archive or folder, else torchvision's download"
         )
     model = build_model(name, num_classes=info.num_classes, seed=args.seed, pretrained=pretrained)
     source = "pretrained" if pretrained else f"untrained (seed {args.seed})"
