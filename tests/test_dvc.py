@@ -1,7 +1,8 @@
 """DVC owns data and victim checkpoints, Snakemake the rest (docs/DVC.md).
 
 * dvc.yaml agrees with config/config.yaml (paths, params that decide which victims exist).
-* Checkpoints carry their metadata and sha256; a mismatching file is refused with a message naming `dvc pull`.
+* Checkpoints carry their metadata and sha256; a mismatching file is refused (by the job that loads it, never at
+  parse) with a message naming `dvc pull`.
 * The round trip on a tiny config in a temporary git repository: `dvc repro` (Snakemake underneath) → `dvc push`
   to the default remote (under $HOME, here a temporary one) → `git clone` elsewhere → `dvc pull` → `snakemake -n`
   plans no training and no extraction; `dvc exp run -S` reruns the victims and `dvc params diff` shows the change;
@@ -282,7 +283,7 @@ def test_push_clone_pull_then_snakemake_plans_nothing_upstream_of_the_attacks(pu
     assert "up to date" in run(pulled, DVC, "status", home=pushed["home"]).stdout
 
     plan = planned_jobs(run(pulled, SNAKEMAKE, "-n", home=pushed["home"]).stdout)
-    assert plan.get("attack_table1") == 1  # results are not shared: the attacks run ...
+    assert plan.get("attack") == 1  # results are not shared: the attacks run ...
     assert "train_victim" not in plan and "extract_training_data" not in plan  # ... on the pulled victims
     assert "decode_split" not in plan
 
@@ -294,10 +295,14 @@ def test_a_corrupted_checkpoint_is_refused_and_dvc_restores_it(pushed, pulled):
         with open(checkpoint, "r+b") as handle:
             handle.seek(100)
             handle.write(b"garbage")
-        refused = run(pulled, SNAKEMAKE, "-n", home=home, check=False)
-        assert refused.returncode != 0
-        message = refused.stdout + refused.stderr
+        # Planning reads no checkpoint (a lean parse); the job that loads it verifies it and refuses to attack.
+        assert run(pulled, SNAKEMAKE, "-n", home=home).returncode == 0
+        cell = "results/table1/LeNetZhu_trained_ours"
+        refused = run(pulled, SNAKEMAKE, "--cores", "1", f"{cell}/images.pt", home=home, check=False)
+        assert refused.returncode != 0 and "train_victim" not in refused.stdout  # never retrained over
+        message = (pulled / "logs/table1/LeNetZhu_trained_ours.log").read_text()
         assert "is corrupted or was replaced" in message and "dvc pull results/victims" in message
+        assert not (pulled / cell / "0.json").exists()
         assert "modified" in run(pulled, DVC, "status", home=home).stdout
 
         run(pulled, DVC, "checkout", "--force", "results/victims", home=home)

@@ -3,7 +3,9 @@ rule replication_report:
     input:
         tables=expand("results/{experiment}/table.csv", experiment=NOTEBOOK_EXPERIMENTS),
         images=expand("results/{experiment}/images.csv", experiment=list(CELLS)),
-        figures=[f for e in NOTEBOOK_EXPERIMENTS for f in figure_files(e, "png")],
+        notebooks=expand(
+            "results/{experiment}/{experiment}.ipynb", experiment=NOTEBOOK_EXPERIMENTS
+        ),
     output:
         report=report(
             "figures/REPORT.md",

@@ -27,7 +27,7 @@ rule decode_split:
     input:
         lambda w: [ancient(flag) for flag in extraction_flag(w.dataset)],
     output:
-        f"{experiments.CACHE_DIR}/{{dataset}}-{{split}}.pt",
+        f"{plan.CACHE_DIR}/{{dataset}}-{{split}}.pt",
     log:
         "logs/data/decode_{dataset}_{split}.log",
     benchmark:
@@ -63,8 +63,8 @@ rule train_victim:
     """Conservative recipe (PAPER §7) on the decoded split, accuracy on held-out test images; without training
     data the checkpoint records 'not run'."""
     input:
-        train=f"{experiments.CACHE_DIR}/{{dataset}}-train.pt",
-        test=f"{experiments.CACHE_DIR}/{{dataset}}-test.pt",
+        train=f"{plan.CACHE_DIR}/{{dataset}}-train.pt",
+        test=f"{plan.CACHE_DIR}/{{dataset}}-test.pt",
     output:
         checkpoint="results/victims/{dataset}/{model}_e{epochs}.pt",
         meta="results/victims/{dataset}/{model}_e{epochs}.json",

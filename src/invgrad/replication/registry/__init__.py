@@ -23,6 +23,7 @@ from .base import Experiment
 
 __all__ = [
     "BUILTIN",
+    "ConfigSchemaError",
     "Experiment",
     "RegistryError",
     "all_claims",
@@ -42,6 +43,10 @@ __all__ = [
 BUILTIN = ("table1", "fedavg", "imagenet", "batch", "architecture", "defenses", "analytic", "labels")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a folder name under results/ and a wildcard value
 _REGISTRY: dict[str, Experiment] = {}
+
+
+class ConfigSchemaError(ValueError):
+    """The config does not follow the composed schema."""
 
 
 class RegistryError(ValueError):
@@ -170,13 +175,17 @@ def _with_defaults(validator_class):
 
 
 def validate_config(config: dict[str, Any], base_schema: str | Path) -> None:
-    """Validate ``config`` against the composed schema (defaults filled in); raises the first error jsonschema
-    finds, with its message (e.g. "Additional properties are not allowed ('x' was unexpected)")."""
+    """Validate ``config`` against the composed schema (defaults filled in); raises :class:`ConfigSchemaError` with
+    jsonschema's message and where it applies (e.g. "experiments.table1.images: 0 is less than the minimum of 1")."""
     import yaml
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, ValidationError
 
     schema = config_schema(yaml.safe_load(Path(base_schema).read_text()))
-    _with_defaults(Draft202012Validator)(schema).validate(config)
+    try:
+        _with_defaults(Draft202012Validator)(schema).validate(config)
+    except ValidationError as error:
+        where = ".".join(str(part) for part in error.absolute_path) or "config"
+        raise ConfigSchemaError(f"invalid workflow config: {where}: {error.message}") from None
 
 
 def _load_builtin() -> None:
