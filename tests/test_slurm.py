@@ -50,8 +50,9 @@ pytestmark = [
 ]
 
 CELLS = ("LeNetZhu_untrained_ours", "LeNetZhu_untrained_zhu")
-ATTACKS = [f"results/table1/{cell}/images.pt" for cell in CELLS]  # what the attack rule declares (a cell is done)
-CELL_RESULTS = ATTACKS + [f"results/table1/{cell}/0.json" for cell in CELLS]  # ... and the per-image JSONs
+# What the attack rule declares (images.pt: the cell is done), and all a cell writes (its per-image JSONs too).
+ATTACKS = [f"results/table1/{cell}/images.pt" for cell in CELLS]
+CELL_RESULTS = ATTACKS + [f"results/table1/{cell}/0.json" for cell in CELLS]
 LABELS = ["results/labels/table.csv", "results/labels/trials.csv"]
 TINY = {"experiments": {"table1": {"images": 1}}}  # on top of config/test.yaml
 CONFIG = ["--configfile", "config/test.yaml", "config/tiny.yaml"]
