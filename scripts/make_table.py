@@ -104,11 +104,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="table.csv (images.csv is written beside it)")
     p.add_argument("--convergence-db", type=float, default=1.0, help="see convergence()")
     p.add_argument(
-        "--modules", nargs="*", default=[], help="extra experiment modules (config experiment_modules)"
+        "--module", action="append", default=[], help="an extra experiment module (config experiment_modules)"
     )
     p.add_argument("records", nargs="+")
     args = p.parse_args(argv)
-    registry.load_modules(args.modules)
+    registry.load_modules(args.module)
     rows = []
     for path in args.records:
         record = json.loads(Path(path).read_text())

@@ -32,7 +32,8 @@ TARGETS = plan.targets(config, CELLS)
 CONFIG_LABEL = ", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
 GPU = 1 if str(config["device"]).startswith("cuda") else 0
 NOTEBOOK_EXPERIMENTS = list(CELLS) + list(COMPUTE)
-MODULES = " ".join(config.get("experiment_modules", []))
+# make_table.py and make_report.py register the same extra experiment modules as this parse
+MODULES = " ".join(f"--module {m}" for m in config.get("experiment_modules", []))
 
 
 def one_of(names):

@@ -22,6 +22,8 @@ rule replication_report:
     params:
         label=CONFIG_LABEL,
         recovered=config["report"]["recovered_psnr"],
+        modules=MODULES,
     shell:
         "python scripts/make_report.py --results results --benchmarks benchmarks/out --config-label {params.label:q} "
-        "--recovered-psnr {params.recovered} --claims {output.claims} --out {output.report} > {log} 2>&1"
+        "--recovered-psnr {params.recovered} --claims {output.claims} --out {output.report} {params.modules} "
+        "> {log} 2>&1"

@@ -16,7 +16,7 @@ rule table:
         ENV
     params:
         convergence=config["report"]["convergence_db"],
-        modules=f"--modules {MODULES}" if MODULES else "",
+        modules=MODULES,
         records=lambda w: TARGETS[w.experiment],
     shell:
         "python scripts/make_table.py --experiment {wildcards.experiment} --out {output.table} "
