@@ -7,7 +7,12 @@ rule figure:
         table="results/{experiment}/table.csv",
         images=lambda w: cell_images(w.experiment),
     output:
-        notebook="results/{experiment}/{experiment}.ipynb",
+        notebook=report(
+            "results/{experiment}/{experiment}.ipynb",
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{experiment}",
+        ),
     log:
         "logs/figures/{experiment}.log",
     benchmark:
@@ -20,6 +25,7 @@ rule figure:
         results=lambda w, input: os.path.dirname(input.table),
         recovered=config["report"]["recovered_psnr"],
         label=CONFIG_LABEL,
+        caption=lambda w: registry.get(w.experiment).caption,
         figures=lambda w: [
             f"figures/{s}.{x}"
             for s in registry.get(w.experiment).figures

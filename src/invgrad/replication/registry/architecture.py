@@ -58,6 +58,8 @@ CLAIMS = (
     ),
 )
 
+CAPTION = "Architecture study: PSNR against ResNet width and depth, trained and untrained."
+
 EXPERIMENT = Experiment(
     name="architecture",
     schema=SCHEMA,
@@ -65,4 +67,5 @@ EXPERIMENT = Experiment(
     group_keys=("axis", "value", "model", "weights"),
     figures=("architecture_curves", "architecture_convergence"),
     claims=CLAIMS,
+    caption=CAPTION,
 )

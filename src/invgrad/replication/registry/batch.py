@@ -62,6 +62,11 @@ CLAIMS = (
     ),
 )
 
+CAPTION = (
+    "Fig. 6 (large batch, CIFAR-100): every image of the batch with its reconstruction (Hungarian-"
+    "matched) and the PSNR distribution."
+)
+
 EXPERIMENT = Experiment(
     name="batch",
     schema=SCHEMA,
@@ -71,4 +76,5 @@ EXPERIMENT = Experiment(
     group_keys=("model", "weights", "images"),
     figures=("batch_grid", "batch_psnr", "batch_convergence"),
     claims=CLAIMS,
+    caption=CAPTION,
 )

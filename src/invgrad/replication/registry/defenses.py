@@ -57,6 +57,11 @@ def row(spec: dict, record: dict) -> dict:
     return {"defense": spec["defense_kind"], "level": spec["defense_value"], "epsilon": epsilon}
 
 
+CAPTION = (
+    "Defenses: PSNR against Gaussian noise scale (with clipping; ε of one release at the configured δ) "
+    "and pruning fraction kept."
+)
+
 EXPERIMENT = Experiment(
     name="defenses",
     schema=SCHEMA,
@@ -65,4 +70,5 @@ EXPERIMENT = Experiment(
     columns=("defense", "level", "epsilon"),
     group_keys=("defense", "level"),
     figures=("defenses_curves", "defenses_convergence"),
+    caption=CAPTION,
 )

@@ -81,6 +81,11 @@ CLAIMS = (
     ),
 )
 
+CAPTION = (
+    "Table 2 / Fig. 5 (federated averaging): mean PSNR over local steps n, local learning rate τ, images "
+    "K and batch size B."
+)
+
 EXPERIMENT = Experiment(
     name="fedavg",
     schema=SCHEMA,
@@ -91,4 +96,5 @@ EXPERIMENT = Experiment(
     figures=("fedavg_heatmap", "fedavg_grid", "fedavg_convergence"),
     claims=CLAIMS,
     check=check,
+    caption=CAPTION,
 )

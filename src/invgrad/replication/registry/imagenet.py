@@ -78,6 +78,11 @@ CLAIMS = (
     ),
 )
 
+CAPTION = (
+    "Fig. 1 / 3 (ImageNet): ground truth vs reconstruction from a pretrained network's gradient. Quick "
+    "config: a labelled substitute (see the figure title)."
+)
+
 EXPERIMENT = Experiment(
     name="imagenet",
     schema=SCHEMA,
@@ -87,4 +92,5 @@ EXPERIMENT = Experiment(
     group_keys=("model", "image_size"),
     figures=("imagenet_grid", "imagenet_convergence"),
     claims=CLAIMS,
+    caption=CAPTION,
 )

@@ -20,10 +20,16 @@ properties:
 """
 )
 
+CAPTION = (
+    "Label recovery from the last layer's gradient: fraction of the true labels recovered per model and "
+    "batch size."
+)
+
 EXPERIMENT = Experiment(
     name="labels",
     schema=SCHEMA,
     script="scripts/labels_table.py",
     columns=("model", "batch_size", "rule"),
     figures=("labels_accuracy",),
+    caption=CAPTION,
 )

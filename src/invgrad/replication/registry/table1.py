@@ -130,6 +130,12 @@ CLAIMS = (
     ),
 )
 
+CAPTION = (
+    "Table 1 (trained vs untrained networks, CIFAR-10): PSNR of single-image reconstructions per cell "
+    "({model}_{weights}_{method}); proposed = cosine loss + signed Adam + TV + box, DLG = Euclidean loss "
+    "+ L-BFGS."
+)
+
 EXPERIMENT = Experiment(
     name="table1",
     schema=SCHEMA,
@@ -139,4 +145,5 @@ EXPERIMENT = Experiment(
     group_keys=("model", "weights", "method"),
     figures=("table1_psnr", "table1_grid", "table1_convergence"),
     claims=CLAIMS,
+    caption=CAPTION,
 )
