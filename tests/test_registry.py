@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -213,3 +214,28 @@ def test_toy_experiment_runs_through_the_dag(tmp_path):
         claims["9t"]["setting"] == "LeNetZhu_tiny" and claims["9t"]["verdict"]
     )  # decided from the toy table
     assert claims["1"]["verdict"] == "not run"  # the built-ins were switched off
+
+
+@pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[workflow])")
+def test_the_workflow_parses_without_torch(tmp_path):
+    """`snakemake -n` with a torch that cannot be imported: parsing (schema, plan, victims) never needs it."""
+    blocker = tmp_path / "blocker"
+    for name in ("torch", "torchvision"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} imported while parsing')\n")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), str(ROOT / "src"), str(ROOT / "scripts")])
+    for name in ("workflow", "scripts", "notebooks", "config"):
+        shutil.copytree(
+            ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".snakemake")
+        )
+    result = subprocess.run(
+        [SNAKEMAKE, "-n", "--quiet", "rules"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^attack\s+19$", result.stdout, re.M), result.stdout
