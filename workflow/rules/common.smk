@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ MODULES = " ".join(f"--module {m}" for m in config.get("experiment_modules", [])
 
 def one_of(names):
     """A wildcard constraint matching exactly these names (none: matches nothing)."""
-    return "|".join(names) if names else "(?!)"
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
 _missing = [c for c in VICTIMS if not Path(c).is_file()]

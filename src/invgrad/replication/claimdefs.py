@@ -34,7 +34,7 @@ def eq(**columns) -> tuple[tuple[str, str, Any], ...]:
 class Claim:
     """One claim; ``per`` expands it into one row per distinct value of those columns in the tables.
 
-    ``paper_budget``: every cell must have run its method's paper budget (:data:`PAPER_BUDGET`) — set for claims
+    ``paper_budget``: every cell must have run its method's paper budget (:data:`invgrad.replication.claims.PAPER_BUDGET`) — set for claims
     that compare methods (neither may be starved) or compare with a paper number.
     """
 

@@ -6,7 +6,7 @@ Torch-free on purpose: the workflow plans from these at parse time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ...config import make_config
@@ -72,6 +72,8 @@ class Experiment:
     * ``figures`` — the stems its notebook writes under figures/ (``.png`` and ``.pdf``).
     * ``claims`` — the claims (PAPER §8) decided from its tables; checked at plan time against ``columns``.
     * ``check(block) -> [problem]`` — what the schema cannot say about the block.
+    * ``script`` — a compute experiment's table script (``--spec <block as JSON> --out table.csv``).
+    * ``notebook`` — default ``notebooks/<name>.ipynb``; ``caption`` — what its figures show (HTML report).
     """
 
     name: str
@@ -86,7 +88,6 @@ class Experiment:
     script: str | None = None
     notebook: str | None = None
     caption: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attacks(self) -> bool:
