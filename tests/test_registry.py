@@ -214,6 +214,15 @@ def test_toy_experiment_runs_through_the_dag(tmp_path):
         claims["9t"]["setting"] == "LeNetZhu_tiny" and claims["9t"]["verdict"]
     )  # decided from the toy table
     assert claims["1"]["verdict"] == "not run"  # the built-ins were switched off
+    html = subprocess.run(  # the HTML report renders the figure rule's caption template for it
+        [SNAKEMAKE, "--report", "report.html", "--configfile", "config/test.yaml", "config/toy.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert html.returncode == 0 and (tmp_path / "report.html").stat().st_size > 0, html.stderr[-2000:]
 
 
 @pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[workflow])")
