@@ -16,6 +16,7 @@ import pandas as pd
 
 from invgrad.io import save_csv, save_text
 from invgrad.replication import claims as claims_mod
+from invgrad.replication import registry
 
 
 def _num(value) -> float | None:
@@ -181,10 +182,14 @@ def main(argv=None) -> int:
     p.add_argument("--recovered-psnr", type=float, default=18.0)
     p.add_argument("--claims", default="figures/claims.csv", help="where the verdict table is written")
     p.add_argument("--out", default="figures/REPORT.md")
+    p.add_argument(
+        "--module", action="append", default=[], help="an extra experiment module (config experiment_modules)"
+    )
     args = p.parse_args(argv)
+    registry.load_modules(args.module)  # their claims are decided too
     results = Path(args.results)
     tables = claims_mod.load_tables(results)
-    save_csv(claims_mod.decide(tables, recovered=args.recovered_psnr), args.claims)
+    save_csv(claims_mod.decide(tables, registry.all_claims(), recovered=args.recovered_psnr), args.claims)
     verdicts = pd.read_csv(args.claims)  # the report shows what claims.csv says, nothing else
     lines = [
         "# Replication report — Inverting Gradients (Geiping et al. 2020)\n",

@@ -16,6 +16,7 @@ import pandas as pd
 
 from invgrad.io import save_csv
 from invgrad.metrics import summarize
+from invgrad.replication import registry
 
 
 def victim_source(victim: dict) -> str:
@@ -29,7 +30,8 @@ def victim_source(victim: dict) -> str:
 
 
 def axes(record: dict) -> list[dict]:
-    """The grid coordinates of a record (one dict per sweep the cell belongs to)."""
+    """The grid coordinates of a record (one dict per sweep the cell belongs to); the experiment's module adds its
+    own columns (``Experiment.row``)."""
     spec = record["spec"]
     victim = record.get("victim") or {}
     row = {
@@ -62,39 +64,11 @@ def axes(record: dict) -> list[dict]:
         row[key] = record.get(key)
     row["ssim"] = row.pop("ssim_mean")
     row["mse"] = row.pop("mse_mean")
-    if record["experiment"] == "table1":
-        row["method"] = spec["method"]
-    if spec.get("fedavg"):
-        fed, k = spec["fedavg"], spec["selection"]["per_user"]
-        row.update(
-            local_steps=fed["local_steps"], local_lr=fed["local_lr"], images=k, batch_size=fed["batch_size"]
-        )
-        row["local_epochs"] = (
-            fed["local_steps"] if fed["batch_size"] == 0 else fed["local_steps"] * fed["batch_size"] / k
-        )
-    if record["experiment"] == "batch":
-        row["images"] = spec["selection"]["per_user"]
-        per_image = [v for v in record.get("psnr_per_image", []) if v == v]
-        row["psnr_max"] = max(per_image) if per_image else float("nan")
-    if record["experiment"] == "defenses":
-        row.update(defense=spec["defense_kind"], level=spec["defense_value"])
-        row["epsilon"] = (record.get("privacy") or {}).get("epsilon")
-    if record["experiment"] == "imagenet":
-        row["image_size"] = spec.get("image_size")
+    row.update(registry.get(record["experiment"]).row(spec, record))  # the experiment's own columns
     sweeps = spec.get("sweeps")
     if sweeps:
         return [{**row, "axis": s["axis"], "value": s["value"]} for s in sweeps]
     return [row]
-
-
-GROUP_KEYS = {
-    "table1": ["model", "weights", "method"],
-    "fedavg": ["local_steps", "local_lr", "images", "batch_size", "local_epochs"],
-    "architecture": ["axis", "value", "model", "weights"],
-    "defenses": ["defense", "level"],
-    "imagenet": ["model", "image_size"],
-    "batch": ["model", "weights", "images"],
-}
 
 
 def _mean_dB(values) -> float:
@@ -140,8 +114,12 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True, help="table.csv (images.csv is written beside it)")
     p.add_argument("--convergence-db", type=float, default=1.0, help="see convergence()")
+    p.add_argument(
+        "--module", action="append", default=[], help="an extra experiment module (config experiment_modules)"
+    )
     p.add_argument("records", nargs="+")
     args = p.parse_args(argv)
+    registry.load_modules(args.module)
     rows = []
     for path in args.records:
         record = json.loads(Path(path).read_text())
@@ -149,7 +127,7 @@ def main(argv=None) -> int:
     images = pd.DataFrame(rows)
     out = Path(args.out)
     save_csv(images, out.with_name("images.csv"))
-    keys = ["cell", *[k for k in GROUP_KEYS.get(args.experiment, []) if k in images.columns]]
+    keys = ["cell", *[k for k in registry.get(args.experiment).group_keys if k in images.columns]]
     table = []
     for key, group in images.groupby(keys, sort=False, dropna=False):
         entry = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))

@@ -27,7 +27,7 @@ from PIL import Image
 
 from invgrad import data
 from invgrad.data import download, trainset
-from invgrad.replication import experiments
+from invgrad.replication import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -135,7 +135,7 @@ def _decode(config: dict, split: str) -> dict:
         "split": split,
         "data_root": block["root"],
     }
-    out = experiments.split_cache("CIFAR10", split)
+    out = plan.split_cache("CIFAR10", split)
     assert decode_split.main(["--spec", json.dumps(spec), "--out", out]) == 0
     return trainset.load_split(out)[2]
 
@@ -148,7 +148,7 @@ def _left_behind(root: Path) -> list[str]:
 def test_default_config_downloads_verifies_decodes_and_trains(tmp_path, monkeypatch, server):
     url = _serve(server, monkeypatch, ARCHIVE)
     config = _default_config(tmp_path, monkeypatch)
-    ok, why = experiments.training_data_status(config, "CIFAR10")
+    ok, why = plan.training_data_status(config, "CIFAR10")
     assert ok and "torchvision CIFAR10" in why and "on first use" in why
 
     train_meta, test_meta = _decode(config, "train"), _decode(config, "test")
@@ -157,7 +157,7 @@ def test_default_config_downloads_verifies_decodes_and_trains(tmp_path, monkeypa
     assert train_meta["images"] == 5 * PER_BATCH and test_meta["images"] == TEST
     assert _left_behind(tmp_path / "data/raw") == ["cifar-10-batches-py"]  # archive removed once verified
     expected = np.concatenate([_batch(PER_BATCH, i)["data"] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
-    images, labels, _ = trainset.load_split(experiments.split_cache("CIFAR10", "train"))
+    images, labels, _ = trainset.load_split(plan.split_cache("CIFAR10", "train"))
     assert np.array_equal(images.numpy(), expected)
     assert labels.tolist() == [y for i in range(1, 6) for y in _batch(PER_BATCH, i)["labels"]]
     del _Handler.payloads[
@@ -165,7 +165,7 @@ def test_default_config_downloads_verifies_decodes_and_trains(tmp_path, monkeypa
     ]  # a second resolution uses the verified files, no network
     assert data.resolve_training_source("CIFAR10", "CIFAR10", root="data/raw").available, url
 
-    path, spec = next((p, s) for p, s in experiments.victims(config).items() if s["model"] == "LeNetZhu")
+    path, spec = next((p, s) for p, s in plan.victims(config).items() if s["model"] == "LeNetZhu")
     spec = {**spec, "epochs": 1, "eval_images": 20}
     assert train_victim.main(["--spec", json.dumps(spec), "--out", path]) == 0
     meta = json.loads(Path(path).with_suffix(".json").read_text())
@@ -198,7 +198,7 @@ def test_corrupted_download_is_refused_and_the_victim_says_why(tmp_path, monkeyp
     _assert_not_run(meta, url, "failed torchvision's checksum", "not kept")
     assert meta["images"] == 0 and _left_behind(tmp_path / "data/raw") == []
 
-    path, spec = next((p, s) for p, s in experiments.victims(config).items() if s["model"] == "LeNetZhu")
+    path, spec = next((p, s) for p, s in plan.victims(config).items() if s["model"] == "LeNetZhu")
     assert train_victim.main(["--spec", json.dumps(spec), "--out", path]) == 0
     victim = json.loads(Path(path).with_suffix(".json").read_text())
     assert victim["status"] == "not run" and victim["reason"] == meta["reason"]

@@ -1,7 +1,8 @@
 """DVC owns data and victim checkpoints, Snakemake the rest (docs/DVC.md).
 
 * dvc.yaml agrees with config/config.yaml (paths, params that decide which victims exist).
-* Checkpoints carry their metadata and sha256; a mismatching file is refused with a message naming `dvc pull`.
+* Checkpoints carry their metadata and sha256; a mismatching file is refused (by the job that loads it, never at
+  parse) with a message naming `dvc pull`.
 * The round trip on a tiny config in a temporary git repository: `dvc repro` (Snakemake underneath) → `dvc push`
   to the default remote (under $HOME, here a temporary one) → `git clone` elsewhere → `dvc pull` → `snakemake -n`
   plans no training and no extraction; `dvc exp run -S` reruns the victims and `dvc params diff` shows the change;
@@ -25,7 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
-from invgrad.replication import experiments
+from invgrad.replication import plan
 from invgrad.victim import training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +73,9 @@ def test_dvc_yaml_paths_follow_the_config():
     # No stage needs the archive or the folder: the source resolves in Snakemake (archive, folder or download).
     assert not {archive, folder} & set(decoded["deps"]) and "training_data" not in stages
     assert decoded["always_changed"] is True and decoded["outs"] == [{"data/cache": {"persist": True}}]
-    assert all(f"{experiments.CACHE_DIR}/CIFAR10-{s}.pt" in decoded["cmd"] for s in ("train", "test"))
-    assert experiments.CACHE_DIR in stages["victims"]["deps"]
-    assert {Path(p).parent.parent.as_posix() for p in experiments.victims(config)} == {"results/victims"}
+    assert all(f"{plan.CACHE_DIR}/CIFAR10-{s}.pt" in decoded["cmd"] for s in ("train", "test"))
+    assert plan.CACHE_DIR in stages["victims"]["deps"]
+    assert {Path(p).parent.parent.as_posix() for p in plan.victims(config)} == {"results/victims"}
     assert stages["victims"]["outs"] == ["results/victims"]
     for stage in stages:  # every param exists in the config
         for key in stage_params(stage):
@@ -106,7 +107,7 @@ def test_victims_depend_only_on_params_the_victims_stage_lists(configfile):
     """Changing any config value that dvc.yaml does not list leaves the victims (paths and specs) unchanged."""
     config = load_yaml(ROOT / configfile)
     listed = stage_params("victims")
-    reference = experiments.victims(config)
+    reference = plan.victims(config)
     for key, value in _leaves(config):
         if any(key == p or key.startswith(p + ".") for p in listed):
             continue
@@ -117,7 +118,7 @@ def test_victims_depend_only_on_params_the_victims_stage_lists(configfile):
         *parents, last = key.split(".")
         (get(edited, ".".join(parents)) if parents else edited)[last] = changed
         try:
-            victims = experiments.victims(edited)
+            victims = plan.victims(edited)
         except Exception:  # an invalid combination: the schema/plan rejects it anyway
             continue
         assert victims == reference, (
@@ -287,7 +288,7 @@ def test_push_clone_pull_then_snakemake_plans_nothing_upstream_of_the_attacks(pu
     assert "always changed" in status and "modified" not in status and "changed deps" not in status, status
 
     plan = planned_jobs(run(pulled, SNAKEMAKE, "-n", home=pushed["home"]).stdout)
-    assert plan.get("attack_table1") == 1  # results are not shared: the attacks run ...
+    assert plan.get("attack") == 1  # results are not shared: the attacks run ...
     assert "train_victim" not in plan and "extract_training_data" not in plan  # ... on the pulled victims
     assert "decode_split" not in plan
 
@@ -329,10 +330,14 @@ def test_a_corrupted_checkpoint_is_refused_and_dvc_restores_it(pushed, pulled):
         with open(checkpoint, "r+b") as handle:
             handle.seek(100)
             handle.write(b"garbage")
-        refused = run(pulled, SNAKEMAKE, "-n", home=home, check=False)
-        assert refused.returncode != 0
-        message = refused.stdout + refused.stderr
+        # Planning reads no checkpoint (a lean parse); the job that loads it verifies it and refuses to attack.
+        assert run(pulled, SNAKEMAKE, "-n", home=home).returncode == 0
+        cell = "results/table1/LeNetZhu_trained_ours"
+        refused = run(pulled, SNAKEMAKE, "--cores", "1", f"{cell}/images.pt", home=home, check=False)
+        assert refused.returncode != 0 and "train_victim" not in refused.stdout  # never retrained over
+        message = (pulled / "logs/table1/LeNetZhu_trained_ours.log").read_text()
         assert "is corrupted or was replaced" in message and "dvc pull results/victims" in message
+        assert not (pulled / cell / "0.json").exists()
         assert "modified" in run(pulled, DVC, "status", home=home).stdout
 
         run(pulled, DVC, "checkout", "--force", "results/victims", home=home)

@@ -50,7 +50,9 @@ pytestmark = [
 ]
 
 CELLS = ("LeNetZhu_untrained_ours", "LeNetZhu_untrained_zhu")
-ATTACKS = [f"results/table1/{cell}/{name}" for cell in CELLS for name in ("0.json", "images.pt")]
+# What the attack rule declares (images.pt: the cell is done), and all a cell writes (its per-image JSONs too).
+ATTACKS = [f"results/table1/{cell}/images.pt" for cell in CELLS]
+CELL_RESULTS = ATTACKS + [f"results/table1/{cell}/0.json" for cell in CELLS]
 LABELS = ["results/labels/table.csv", "results/labels/trials.csv"]
 TINY = {"experiments": {"table1": {"images": 1}}}  # on top of config/test.yaml
 CONFIG = ["--configfile", "config/test.yaml", "config/tiny.yaml"]
@@ -73,7 +75,7 @@ def edit_profile(project: Path, partition: str = PARTITION) -> Path:
     for rule in profile["set-resources"].values():
         rule.update(gpu_model=GPU_TYPE, mem_mb=300)
     # config/test.yaml runs on the CPU (gpu=0); ask for the GPU anyway so the gpu -> --gpus mapping is exercised.
-    profile["set-resources"]["attack_table1"]["gpu"] = 1
+    profile["set-resources"]["attack"]["gpu"] = 1
     # Test-only: no accounting database (squeue for status), poll quickly, keep the SLURM logs as evidence.
     profile.update(
         {
@@ -172,8 +174,8 @@ def through_slurm(cluster: SlurmCluster, project: Path, local: Path, local_run: 
     assert list((project / ".snakemake/slurm_logs").glob("group_attacks*/**/*.log"))
     returncode, local_log = finish(local_run)
     assert returncode == 0, local_log[-4000:]
-    same_results(project, local, ATTACKS)
-    finished = {path: (project / path).stat().st_mtime_ns for path in ATTACKS}
+    same_results(project, local, CELL_RESULTS)
+    finished = {path: (project / path).stat().st_mtime_ns for path in CELL_RESULTS}
 
     # 2. A partition that does not exist: SLURM's message surfaces, the run stops, finished outputs stay.
     edit_profile(project, partition="nosuchpartition")
@@ -182,14 +184,14 @@ def through_slurm(cluster: SlurmCluster, project: Path, local: Path, local_run: 
     assert "Invalid partition name specified" in log, log[-4000:]
     assert "SLURM sbatch failed" in log
     assert not (project / LABELS[0]).exists()
-    assert {path: (project / path).stat().st_mtime_ns for path in ATTACKS} == finished
+    assert {path: (project / path).stat().st_mtime_ns for path in CELL_RESULTS} == finished
 
     # 3. Fixed profile, same command: only the labels job is submitted; the attacks are not redone.
     edit_profile(project)
     returncode, log = snakemake(project, *ATTACKS, *LABELS, *run, env=cluster.env)
     assert returncode == 0, log[-4000:] + cluster.logs()
     resubmitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    assert len(resubmitted) == 1 and "rule labels_table" in log and "attack_table1" not in log, log[-4000:]
+    assert len(resubmitted) == 1 and "rule compute_table" in log and "rule attack" not in log, log[-4000:]
     assert submissions(cluster) == submitted + resubmitted
-    assert {path: (project / path).stat().st_mtime_ns for path in ATTACKS} == finished
-    same_results(project, local, ATTACKS + LABELS)
+    assert {path: (project / path).stat().st_mtime_ns for path in CELL_RESULTS} == finished
+    same_results(project, local, CELL_RESULTS + LABELS)

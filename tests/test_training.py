@@ -9,7 +9,7 @@ import yaml
 
 from invgrad import data
 from invgrad.data import trainset
-from invgrad.replication import cells, experiments
+from invgrad.replication import cells, plan, registry
 from invgrad.victim import training
 from invgrad.victim.models import build_model
 
@@ -39,7 +39,7 @@ def test_train_improves_loss_and_checkpoint_round_trips(tmp_path):
 
 def test_not_run_checkpoint_marks_trained_cells(tmp_path):
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
-    spec = copy.deepcopy(experiments.plan(config)["table1"]["LeNetZhu_trained_ours"])
+    spec = copy.deepcopy(plan.plan(config)["table1"]["LeNetZhu_trained_ours"])
     spec["victim"] = str(tmp_path / "victim.pt")
     training.save_checkpoint(
         spec["victim"],
@@ -53,18 +53,18 @@ def test_not_run_checkpoint_marks_trained_cells(tmp_path):
 
 def test_plan_names_cells_after_their_settings():
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    cells = experiments.validate(config)
+    cells = plan.validate(config)
     assert "LeNetZhu_untrained_ours" in cells["table1"]
     assert any(c.startswith("n5_lr0.0001_K1_B0") for c in cells["fedavg"])
     assert "LeNetZhu_trained_zhu_halfce" in cells["table1"]
-    assert set(cells) == set(experiments.ATTACK_EXPERIMENTS)
+    assert set(cells) == set(registry.names(attacks=True))
 
 
 def test_unknown_model_is_one_clear_error():
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     config["experiments"]["table1"]["models"] = ["NoSuchNet"]
-    with pytest.raises(experiments.PlanError, match="unknown model 'NoSuchNet'"):
-        experiments.validate(config)
+    with pytest.raises(plan.PlanError, match="unknown model 'NoSuchNet'"):
+        plan.validate(config)
 
 
 def test_quick_and_paper_configs_share_keys():

@@ -1,13 +1,11 @@
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from invgrad.data import cache as decoded_cache
-from invgrad.replication import experiments
-from invgrad.victim import training
+from invgrad.replication import plan, registry
 
 # Caches stay inside the project (matplotlib, torch hub, papermill/jupyter).
 os.environ.setdefault("MPLCONFIGDIR", str(Path(".cache/matplotlib").resolve()))
@@ -15,29 +13,36 @@ os.environ.setdefault("TORCH_HOME", str(Path(".cache/torch").resolve()))
 os.environ.setdefault("JUPYTER_CONFIG_DIR", str(Path(".cache/jupyter").resolve()))
 
 
-# One clear message for a bad config, before anything is written: schema first, then what only the library knows.
-validate(config, schema="../schemas/config.schema.yaml")
+# One clear message for a bad config, before anything is written: the schema (workflow/schemas/config.schema.yaml
+# plus every registered experiment's block, invgrad.replication.registry) first, then what only the library knows.
+# Parsing imports no torch and reads no checkpoint: a checkpoint is verified by the job that loads it.
 try:
-    CELLS = experiments.validate(config)
-except experiments.PlanError as error:
-    sys.exit(f"error: {error}")
+    plan.load_experiment_modules(config)
+    registry.validate_config(
+        config, Path(workflow.basedir) / "schemas/config.schema.yaml"
+    )
+    CELLS = plan.validate(config)
+except (
+    Exception
+) as error:  # jsonschema's ValidationError, a PlanError, a module that does not import
+    sys.exit(f"error: {getattr(error, 'message', None) or error}")
 
 ENV = "../envs/invgrad.yaml"
-COMPUTE = experiments.compute_specs(config)
-VICTIMS = experiments.victims(config, CELLS)
-TARGETS = experiments.targets(config, CELLS)
+COMPUTE = plan.compute_specs(config)
+VICTIMS = plan.victims(config, CELLS)
+TARGETS = plan.targets(config, CELLS)
 CONFIG_LABEL = ", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
 GPU = 1 if str(config["device"]).startswith("cuda") else 0
 NOTEBOOK_EXPERIMENTS = list(CELLS) + list(COMPUTE)
+# make_table.py and make_report.py register the same extra experiment modules as this parse
+MODULES = " ".join(f"--module {m}" for m in config.get("experiment_modules", []))
 
-# A checkpoint that does not match the sha256 in its .json (a damaged pull, an edited file) stops the workflow
-# here: never attacked, never silently retrained over. `dvc pull` restores it; deleting it retrains it.
-for _checkpoint in VICTIMS:
-    if Path(_checkpoint).is_file():
-        try:
-            training.verify_checkpoint(_checkpoint)
-        except training.CheckpointMismatchError as error:
-            sys.exit(f"error: {error}")
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
 _missing = [c for c in VICTIMS if not Path(c).is_file()]
 if (
     _missing
@@ -51,36 +56,30 @@ if (
         file=sys.stderr,
     )
 
-# Where each needed training split will come from (data.resolve_training_source, without network here).
-for _dataset in ("CIFAR10", "CIFAR100"):
-    if any(v["dataset"] == _dataset for v in VICTIMS.values()):
-        _available, _why = experiments.training_data_status(config, _dataset)
-        print(
-            (
-                f"note: trained {_dataset} victims: {_why}"
-                if _available
-                else f"note: trained {_dataset} cells will be marked '{_why}'"
-            ),
-            file=sys.stderr,
-        )
+
+onstart:
+    # Where each needed training split will come from (data.resolve_training_source, without network): printed
+    # when a run starts, not at parse (it imports the data package, hence torch).
+    for _dataset in ("CIFAR10", "CIFAR100"):
+        if any(v["dataset"] == _dataset for v in VICTIMS.values()):
+            _available, _why = plan.training_data_status(config, _dataset)
+            print(
+                (
+                    f"note: trained {_dataset} victims: {_why}"
+                    if _available
+                    else f"note: trained {_dataset} cells will be marked '{_why}'"
+                ),
+                file=sys.stderr,
+            )
 
 
-def spec_json(experiment, cell):
-    return json.dumps(CELLS[experiment][cell], sort_keys=True)
+def spec_json(wildcards):
+    return json.dumps(CELLS[wildcards.experiment][wildcards.cell], sort_keys=True)
 
 
-def cell_outputs(experiment):
-    """Per-image JSONs of one cell (pattern with {cell}) — every cell of an experiment has the same targets."""
-    names = next(iter(CELLS[experiment].values()))["selection"]["names"]
-    return expand(f"results/{experiment}/{{{{cell}}}}/{{name}}.json", name=names)
-
-
-def victim_of(experiment):
-    def inputs(wildcards):
-        path = CELLS[experiment][wildcards.cell]["victim"]
-        return [path] if path else []
-
-    return inputs
+def victim_of(wildcards):
+    path = CELLS[wildcards.experiment][wildcards.cell]["victim"]
+    return [path] if path else []
 
 
 def extraction_flag(dataset):
@@ -101,7 +100,7 @@ def extraction_flag(dataset):
     flag = f"{config['data']['root']}/.{dataset}.extracted"
     if Path(flag).exists():
         return [flag]
-    decoded = [experiments.split_cache(dataset, split) for split in ("train", "test")]
+    decoded = [plan.split_cache(dataset, split) for split in ("train", "test")]
     if all((decoded_cache.read_status(p) or {}).get("status") == "ok" for p in decoded):
         return []  # decoded splits pulled by DVC: nothing to unpack
     return [] if Path(source.split(":", 1)[1]).is_dir() else [flag]

@@ -1,52 +1,37 @@
-# One parameterised notebook per table/figure (papermill); the executed notebook is kept beside the results.
-# Plotting reads the tables and images.pt only, so editing a notebook never reruns an attack.
-FIGURES = {
-    "table1": ["table1_psnr", "table1_grid", "table1_convergence"],
-    "fedavg": ["fedavg_heatmap", "fedavg_grid", "fedavg_convergence"],
-    "imagenet": ["imagenet_grid", "imagenet_convergence"],
-    "batch": ["batch_grid", "batch_psnr", "batch_convergence"],
-    "architecture": ["architecture_curves", "architecture_convergence"],
-    "defenses": ["defenses_curves", "defenses_convergence"],
-    "analytic": ["analytic_error"],
-    "labels": ["labels_accuracy"],
-}
-
-
-def figure_files(experiment, ext):
-    return [f"figures/{stem}.{ext}" for stem in FIGURES[experiment]]
-
-
-for _experiment in NOTEBOOK_EXPERIMENTS:
-
-    rule:
-        name:
-            f"figure_{_experiment}"
-        input:
-            notebook=f"notebooks/{_experiment}.ipynb",
-            table=f"results/{_experiment}/table.csv",
-            images=cell_images(_experiment),
-        output:
-            notebook=f"results/{_experiment}/{_experiment}.ipynb",
-            png=[
-                report(
-                    path,
-                    caption=f"../report/{_experiment}.rst",
-                    category="Figures",
-                    subcategory=_experiment,
-                )
-                for path in figure_files(_experiment, "png")
-            ],
-            pdf=figure_files(_experiment, "pdf"),
-        log:
-            f"logs/figures/{_experiment}.log",
-        benchmark:
-            f"benchmarks/out/figures/{_experiment}.tsv"
-        conda:
-            ENV
-        params:
-            results=lambda w, input: os.path.dirname(input.table),
-            recovered=config["report"]["recovered_psnr"],
-            label=CONFIG_LABEL,
-        shell:
-            "papermill {input.notebook} {output.notebook} -p results_dir {params.results} -p figures_dir figures "
-            "-p config_label {params.label:q} -p recovered_psnr {params.recovered} --no-progress-bar > {log} 2>&1"
+# One parameterised notebook per experiment (papermill), executed into results/<experiment>/<experiment>.ipynb; it
+# writes the figures its module lists (figures/<stem>.png and .pdf). Plotting reads the tables and images.pt only, so
+# editing a notebook never reruns an attack.
+rule figure:
+    input:
+        notebook=lambda w: registry.get(w.experiment).notebook_path,
+        table="results/{experiment}/table.csv",
+        images=lambda w: cell_images(w.experiment),
+    output:
+        notebook=report(
+            "results/{experiment}/{experiment}.ipynb",
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{experiment}",
+        ),
+    log:
+        "logs/figures/{experiment}.log",
+    benchmark:
+        "benchmarks/out/figures/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=one_of(NOTEBOOK_EXPERIMENTS),
+    conda:
+        ENV
+    params:
+        results=lambda w, input: os.path.dirname(input.table),
+        recovered=config["report"]["recovered_psnr"],
+        label=CONFIG_LABEL,
+        caption=lambda w: registry.get(w.experiment).caption,
+        figures=lambda w: [
+            f"figures/{s}.{x}"
+            for s in registry.get(w.experiment).figures
+            for x in ("png", "pdf")
+        ],
+    shell:
+        "papermill {input.notebook} {output.notebook} -p results_dir {params.results} -p figures_dir figures "
+        "-p config_label {params.label:q} -p recovered_psnr {params.recovered} --no-progress-bar > {log} 2>&1 && "
+        "for f in {params.figures}; do test -f $f || {{ echo the notebook wrote no $f >> {log}; exit 1; }}; done"

@@ -3,7 +3,9 @@ rule replication_report:
     input:
         tables=expand("results/{experiment}/table.csv", experiment=NOTEBOOK_EXPERIMENTS),
         images=expand("results/{experiment}/images.csv", experiment=list(CELLS)),
-        figures=[f for e in NOTEBOOK_EXPERIMENTS for f in figure_files(e, "png")],
+        notebooks=expand(
+            "results/{experiment}/{experiment}.ipynb", experiment=NOTEBOOK_EXPERIMENTS
+        ),
     output:
         report=report(
             "figures/REPORT.md",
@@ -20,6 +22,8 @@ rule replication_report:
     params:
         label=CONFIG_LABEL,
         recovered=config["report"]["recovered_psnr"],
+        modules=MODULES,
     shell:
         "python scripts/make_report.py --results results --benchmarks benchmarks/out --config-label {params.label:q} "
-        "--recovered-psnr {params.recovered} --claims {output.claims} --out {output.report} > {log} 2>&1"
+        "--recovered-psnr {params.recovered} --claims {output.claims} --out {output.report} {params.modules} "
+        "> {log} 2>&1"

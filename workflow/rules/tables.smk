@@ -1,7 +1,8 @@
 rule table:
-    """Per-experiment tables from the per-image JSONs: table.csv (per cell) and images.csv (per image)."""
+    """Per-experiment tables from the per-image JSONs: table.csv (per cell) and images.csv (per image); the
+    experiment's module names its columns and the keys table.csv groups by."""
     input:
-        lambda w: TARGETS[w.experiment],
+        lambda w: cell_images(w.experiment),
     output:
         table="results/{experiment}/table.csv",
         images="results/{experiment}/images.csv",
@@ -10,47 +11,35 @@ rule table:
     benchmark:
         "benchmarks/out/tables/{experiment}.tsv"
     wildcard_constraints:
-        experiment="|".join(CELLS) if CELLS else "none",
+        experiment=one_of(CELLS),
     conda:
         ENV
     params:
         convergence=config["report"]["convergence_db"],
+        modules=MODULES,
+        records=lambda w: TARGETS[w.experiment],
     shell:
         "python scripts/make_table.py --experiment {wildcards.experiment} --out {output.table} "
-        "--convergence-db {params.convergence} {input} > {log} 2>&1"
+        "--convergence-db {params.convergence} {params.modules} {params.records} > {log} 2>&1"
 
 
-rule analytic_table:
-    """Analytic FC-layer input recovery (arXiv 2003.14053, the fully-connected-layer proposition): relative error per model, batch size, precision."""
+rule compute_table:
+    """An attack-free experiment's tables (analytic FC-layer recovery, label recovery): its module's script writes
+    table.csv and trials.csv from the experiment's config block."""
     output:
-        table="results/analytic/table.csv",
-        trials="results/analytic/trials.csv",
+        table="results/{experiment}/table.csv",
+        trials="results/{experiment}/trials.csv",
     log:
-        "logs/tables/analytic.log",
+        "logs/tables/{experiment}.log",
     benchmark:
-        "benchmarks/out/tables/analytic.tsv"
+        "benchmarks/out/tables/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=one_of(COMPUTE),
     conda:
         ENV
     threads: config["threads"]
     params:
-        spec=lambda w: json.dumps(COMPUTE["analytic"]),
+        script=lambda w: registry.get(w.experiment).script,
+        spec=lambda w: json.dumps(COMPUTE[w.experiment]),
     shell:
-        "python scripts/analytic_table.py --spec {params.spec:q} --out {output.table} --threads {threads} > {log} 2>&1"
-
-
-rule labels_table:
-    """Label recovery accuracy from the last layer's gradient (iDLG for one image, K smallest row sums for K)."""
-    output:
-        table="results/labels/table.csv",
-        trials="results/labels/trials.csv",
-    log:
-        "logs/tables/labels.log",
-    benchmark:
-        "benchmarks/out/tables/labels.tsv"
-    conda:
-        ENV
-    threads: config["threads"]
-    params:
-        spec=lambda w: json.dumps(COMPUTE["labels"]),
-    shell:
-        "python scripts/labels_table.py --spec {params.spec:q} --out {output.table} --threads {threads} > {log} 2>&1"
+        "python {params.script} --spec {params.spec:q} --out {output.table} --threads {threads} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # A split decoded as 'not run' (no local copy and no network then) is resolved again on every run: the user may be
 # online now, or have supplied a folder or an archive (invgrad.data.cache).
 for _split in decoded_cache.retry_unavailable(
-    experiments.CACHE_DIR, dry_run=workflow.dryrun
+    plan.CACHE_DIR, dry_run=workflow.dryrun
 ):
     print(
         f"note: {_split} had no training data last time; resolving its source again",
@@ -38,7 +38,7 @@ rule decode_split:
     input:
         lambda w: [ancient(flag) for flag in extraction_flag(w.dataset)],
     output:
-        f"{experiments.CACHE_DIR}/{{dataset}}-{{split}}.pt",
+        f"{plan.CACHE_DIR}/{{dataset}}-{{split}}.pt",
     log:
         "logs/data/decode_{dataset}_{split}.log",
     benchmark:
@@ -74,8 +74,8 @@ rule train_victim:
     """Conservative recipe (the official code's inversefed/training defaults) on the decoded split, accuracy on held-out test images; without training
     data the checkpoint records 'not run'."""
     input:
-        train=f"{experiments.CACHE_DIR}/{{dataset}}-train.pt",
-        test=f"{experiments.CACHE_DIR}/{{dataset}}-test.pt",
+        train=f"{plan.CACHE_DIR}/{{dataset}}-train.pt",
+        test=f"{plan.CACHE_DIR}/{{dataset}}-test.pt",
     output:
         checkpoint="results/victims/{dataset}/{model}_e{epochs}.pt",
         meta="results/victims/{dataset}/{model}_e{epochs}.json",

@@ -33,7 +33,7 @@ from ..user.fedavg import local_update
 from ..user.gradient import shared_gradient
 from ..victim.models import build_model
 from ..victim.training import NOT_RUN, load_checkpoint
-from .experiments import NO_VAL_FOLDER
+from .plan import NO_VAL_FOLDER
 
 
 @dataclass(frozen=True)

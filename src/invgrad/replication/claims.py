@@ -6,7 +6,8 @@ same evidence points the other way, and "inconclusive" otherwise. Before any sta
 cannot be made at all ("not run", "not comparable": different images, a weak victim, a starved budget, no
 convergence evidence, fewer than 10 paired images), each with its reason.
 
-* :data:`CLAIMS` — the claims (paper numbers from Table 1 of arXiv 2003.14053).
+* :data:`CLAIMS` — the claims (paper numbers from Table 1 of arXiv 2003.14053), gathered from the experiment
+  modules that declare them (:mod:`invgrad.replication.registry`).
 * :func:`load_tables` — ``{experiment: (images.csv or None, table.csv or None)}`` from a results folder.
 * :func:`decide` — one row per (claim, compared pair): the columns of ``figures/claims.csv`` (:data:`COLUMNS`).
 """
@@ -24,11 +25,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .claimdefs import ATTACKABLE_DB, Claim, Select, eq  # noqa: F401  (re-exported: the claims' data types)
+
 ALPHA = 0.05
 MIN_PAIRS = 10
 RESAMPLES = 10_000
 SEED = 0
-ATTACKABLE_DB = 3.0  # "beats the prior by 3 dB": clearly more than an attacker who learned nothing outputs
 # Equivalence margin for "matches the paper": 2 dB is 0.6 of the paper's per-image SD (3.33 dB), i.e. two per-image
 # PSNR distributions that still overlap by about 76%; shifts of that size come from seeds, initialisation and
 # library versions alone, while a larger shift changes how the number reads next to the paper's.
@@ -60,176 +62,15 @@ COLUMNS = [
 OPS = {"==": operator.eq, ">": operator.gt, "<": operator.lt, "!=": operator.ne}
 
 
-@dataclass(frozen=True)
-class Select:
-    """Rows of one experiment: ``where`` holds (column, op, value) filters; ``pick`` keeps the max/min of a column."""
+def _registered_claims() -> tuple[Claim, ...]:
+    from . import registry
 
-    experiment: str
-    where: tuple[tuple[str, str, Any], ...] = ()
-    pick: tuple[str, str] | None = None
-
-    def describe(self, fixed: dict[str, Any]) -> str:
-        parts = [f"{c}={v}" for c, v in fixed.items()]
-        parts += [f"{c}{'=' if op == '==' else op}{v}" for c, op, v in self.where]
-        parts += [f"{self.pick[1]} {self.pick[0]}"] if self.pick else []
-        return " ".join([self.experiment, *parts])
+    return registry.all_claims()
 
 
-def eq(**columns) -> tuple[tuple[str, str, Any], ...]:
-    return tuple((c, "==", v) for c, v in columns.items())
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim; ``per`` expands it into one row per distinct value of those columns in the tables.
-
-    ``paper_budget``: every cell must have run its method's paper budget (:data:`PAPER_BUDGET`) — set for claims
-    that compare methods (neither may be starved) or compare with a paper number.
-    """
-
-    id: str
-    text: str
-    paper: str
-    comparison: str
-    cells: tuple[Select, ...]
-    per: tuple[str, ...] = ()
-    margin: float = 0.0
-    paper_budget: bool = False
-    paper_mean: float | None = None
-    paper_sd: float | None = None
-    paper_n: int | None = None
-    label: str = ""
-
-
-T1 = "table1"
 CLAIMS: tuple[Claim, ...] = (
-    Claim(
-        "1",
-        "Proposed (cosine, signed Adam, TV, box) beats DLG (Eucl. loss + L-BFGS) (Table 1)",
-        "not published (only the proposed / untrained LeNet (Zhu) cell is)",
-        "paired_greater",
-        (Select(T1, eq(method="ours")), Select(T1, eq(method="zhu"))),
-        per=("model", "weights"),
-        paper_budget=True,
-    ),
-    Claim(
-        "1a",
-        "Table 1 cell: proposed, untrained LeNet (Zhu), matches the paper",
-        "18.00 ± 3.33 dB (n=100, 4,800 its, TV 0.01) [2nd-hand]",
-        "matches_paper",
-        (Select(T1, eq(model="LeNetZhu", weights="untrained", method="ours")),),
-        paper_budget=True,
-        paper_mean=18.00,
-        paper_sd=3.33,
-        paper_n=100,
-    ),
-    Claim(
-        "1b",
-        "DLG discrepancy: proposed beats DLG whose user trained with 0.5·CE (the paper code before 2021-03)",
-        "qualitative (DLG fails)",
-        "paired_greater",
-        (
-            Select(T1, eq(model="LeNetZhu", method="ours")),
-            Select(T1, eq(model="LeNetZhu", method="zhu_halfce")),
-        ),
-        per=("weights",),
-        paper_budget=True,
-        label="zhu_halfce",
-    ),
-    Claim(
-        "1b",
-        "DLG discrepancy: proposed beats DLG with matched losses (CE on both sides)",
-        "qualitative (DLG fails)",
-        "paired_greater",
-        (Select(T1, eq(model="LeNetZhu", method="ours")), Select(T1, eq(model="LeNetZhu", method="zhu"))),
-        per=("weights",),
-        paper_budget=True,
-        label="zhu",
-    ),
-    Claim(
-        "2",
-        f"Trained networks are attackable: proposed beats the mean-colour prior by ≥ {ATTACKABLE_DB:g} dB",
-        "qualitative (Fig. 1/3)",
-        "beats_prior",
-        (Select(T1, eq(weights="trained", method="ours")),),
-        per=("model",),
-        margin=ATTACKABLE_DB,
-    ),
-    Claim(
-        "2b",
-        f"Pretrained ImageNet networks are attackable: beats the prior by ≥ {ATTACKABLE_DB:g} dB (Fig. 1/3)",
-        "qualitative; notebook ≈9.9 dB (R18) / ≈10.9 dB (R152), one image [derived]",
-        "beats_prior",
-        (Select("imagenet"),),
-        per=("cell",),
-        margin=ATTACKABLE_DB,
-    ),
-    Claim(
-        "3",
-        "Trained networks are harder to invert than untrained ones (proposed, untrained > trained)",
-        "not published (notebook: untrained R18 ≈21.9 vs trained ≈9.9 dB, different configs)",
-        "paired_greater",
-        (
-            Select(T1, eq(weights="untrained", method="ours")),
-            Select(T1, eq(weights="trained", method="ours")),
-        ),
-        per=("model",),
-    ),
-    Claim(
-        "4",
-        "Wider networks leak more (widest vs narrowest width, same depth)",
-        "not published",
-        "paired_greater",
-        (
-            Select("architecture", eq(axis="width"), pick=("value", "max")),
-            Select("architecture", eq(axis="width"), pick=("value", "min")),
-        ),
-        per=("weights",),
-    ),
-    Claim(
-        "5",
-        "The input of a biased FC layer is analytically recoverable (one image)",
-        "exact (proof); no number",
-        "within_tolerance",
-        (Select("analytic", eq(batch_size=1)),),
-        per=("dtype",),
-    ),
-    Claim(
-        "6",
-        f"Several local steps (FedAvg) do not protect: beats the prior by ≥ {ATTACKABLE_DB:g} dB (Table 2, Fig. 5)",
-        "not published; notebook 1 image 5 steps ≈25.1 dB, 8 images ≈15.8 dB [derived]",
-        "beats_prior",
-        (Select("fedavg", (("local_steps", ">", 1),)),),
-        per=("cell",),
-        margin=ATTACKABLE_DB,
-    ),
-    Claim(
-        "7",
-        "A batch of many images still leaks some of them (Fig. 6): beats the prior, ≥ 1 image recovered",
-        "not published; breaching rerun (untrained): avg 11.20 dB, max 16.82 dB",
-        "batch_leaks",
-        (Select("batch"),),
-        per=("cell",),
-    ),
-    Claim(
-        "8",
-        f"DLG cannot attack trained models: DLG does not beat the prior by {ATTACKABLE_DB:g} dB",
-        "qualitative",
-        "fails_to_beat_prior",
-        (Select(T1, eq(weights="trained", method="zhu")),),
-        per=("model",),
-        margin=ATTACKABLE_DB,
-    ),
-    Claim(
-        "8b",
-        "DLG cannot attack ImageNet-sized data",
-        "qualitative",
-        "fails_to_beat_prior",
-        (Select("imagenet", eq(method="zhu")),),
-        per=("cell",),
-        margin=ATTACKABLE_DB,
-    ),
-)
+    _registered_claims()
+)  # each experiment module declares its own (registry/<name>.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------

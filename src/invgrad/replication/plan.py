@@ -1,0 +1,280 @@
+"""The workflow config expanded into cells, each cell into per-image targets, from the registered experiments.
+
+Torch-free: the Snakefile plans at parse time, and a manual rerun (scripts/attack_cell.py) plans the same way, so a
+cell means the same thing to the DAG, to a rerun and to the notebooks.
+
+* :func:`plan` — ``{experiment: {cell: spec}}``; a spec is a JSON-able dict holding everything the cell's job needs
+  (model, weights, victim checkpoint, threat model, attack config, which images, seeds). Each experiment's module
+  (:mod:`invgrad.replication.registry`) says how its config block expands.
+* :func:`check` / :func:`validate` — semantic checks the JSON schema cannot express (unknown model, missing data
+  folder, an image count the data set cannot supply, a claim over a column no cell produces); one
+  :class:`PlanError` listing every problem, raised before anything runs.
+* :func:`victims` — the trained checkpoints the cells need, ``{path: training spec}``.
+* :func:`targets` — per experiment, the per-image JSONs its cells write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..victim.catalog import is_model_name
+from . import registry
+from .registry.base import CACHE_DIR, VICTIM_DIR, split_cache, victim_path
+
+__all__ = [
+    "CACHE_DIR",
+    "EMBEDDED_IMAGES",
+    "HELD_OUT_EXCLUDES",
+    "NO_VAL_FOLDER",
+    "VICTIM_DIR",
+    "PlanError",
+    "attacked_images",
+    "check",
+    "compute_specs",
+    "plan",
+    "split_cache",
+    "targets",
+    "training_data_status",
+    "validate",
+    "victim_path",
+    "victims",
+]
+
+NO_VAL_FOLDER = (
+    "not run: needs an {dataset} validation folder ({folder} does not exist; set data.val.{dataset})"
+)
+# Held-out accuracy never counts a copy of the first this-many validation images (every experiment attacks within
+# them; check() refuses a selection beyond). A constant, so that no attack setting can retrain a victim.
+HELD_OUT_EXCLUDES = 1000
+EMBEDDED_IMAGES = 20
+
+
+class PlanError(ValueError):
+    """The config asks for something that cannot run; the message lists every problem."""
+
+
+def _enabled(config: dict, name: str) -> dict | None:
+    block = config.get("experiments", {}).get(name)
+    return block if block and block.get("enabled", True) else None
+
+
+def load_experiment_modules(config: dict) -> None:
+    """Register the experiments of ``experiment_modules`` (importable modules, each with an ``EXPERIMENT``)."""
+    registry.load_modules(config.get("experiment_modules", []))
+
+
+def _claims_or_raise() -> None:
+    problems = registry.claim_problems()
+    if problems:
+        raise PlanError("invalid experiment claims:\n  - " + "\n  - ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan
+# ----------------------------------------------------------------------------------------------------------------
+def plan(config: dict) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every enabled attack experiment's cells, ``{experiment: {cell_name: spec}}`` (registry order).
+
+    Raises :class:`PlanError` when a registered experiment declares a claim over a column its cells do not have."""
+    load_experiment_modules(config)
+    _claims_or_raise()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for experiment in registry.experiments():
+        block = _enabled(config, experiment.name)
+        if experiment.attacks and block:
+            out[experiment.name] = experiment.cells(config, block)
+    return out
+
+
+def compute_specs(config: dict) -> dict[str, dict[str, Any]]:
+    """Specs of the attack-free experiments (analytic FC inversion, label recovery): their config block."""
+    load_experiment_modules(config)
+    out = {}
+    for name in registry.names(attacks=False):
+        if block := _enabled(config, name):
+            spec = {k: v for k, v in block.items() if k != "enabled"}
+            spec.update(experiment=name, seed=config["seed"], data_root=config["data"]["root"])
+            if "dataset" in spec:
+                spec["val_source"] = config["data"]["val"][spec["dataset"]]
+            out[name] = spec
+    return out
+
+
+def victims(config: dict, cells: dict | None = None) -> dict[str, dict[str, Any]]:
+    """Checkpoints the trained cells need: ``{path: training spec}``."""
+    cells = plan(config) if cells is None else cells
+    out: dict[str, dict[str, Any]] = {}
+    train = config["training"]
+    for experiment in cells.values():
+        for spec in experiment.values():
+            if spec["victim"] is None:
+                continue
+            dataset = spec["dataset"]
+            out[spec["victim"]] = {
+                "schedule": train["schedule"],
+                "floor": train.get("floors", {}).get(spec["model"]),
+                "attacked_images": HELD_OUT_EXCLUDES,
+                "train_cache": split_cache(dataset, "train"),
+                "test_cache": split_cache(dataset, "test"),
+                "model": spec["model"],
+                "dataset": dataset,
+                "epochs": spec["epochs"],
+                "seed": config["seed"],
+                "train_source": config["data"]["train"].get(dataset),
+                "val_source": config["data"]["val"][dataset],
+                "data_root": config["data"]["root"],
+                "max_images": train["max_images"],
+                "eval_images": train["eval_images"],
+                "batch_size": train["batch_size"],
+            }
+    return out
+
+
+def attacked_images(cells: dict, dataset: str) -> int:
+    """How many leading validation images of ``dataset`` some experiment may attack (an upper bound: selections
+    that skip repeated labels are given four images per slot); held-out evaluation excludes copies of them."""
+    last = 0
+    for experiment in cells.values():
+        for spec in experiment.values():
+            if spec["dataset"] != dataset:
+                continue
+            sel = spec["selection"]
+            span = (
+                max(sel["indices"]) + 1
+                if sel["rule"] == "list"
+                else sel["start"] + sel["users"] * sel["per_user"] * (4 if sel["rule"] == "unique" else 1)
+            )
+            last = max(last, span)
+    return last
+
+
+def targets(config: dict, cells: dict | None = None) -> dict[str, list[str]]:
+    """Per experiment, every per-image JSON the cells write (the DAG's leaf results)."""
+    cells = plan(config) if cells is None else cells
+    return {
+        name: [
+            f"results/{name}/{cell}/{n}.json"
+            for cell, spec in exp.items()
+            for n in spec["selection"]["names"]
+        ]
+        for name, exp in cells.items()
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Semantic checks
+# ----------------------------------------------------------------------------------------------------------------
+def _folder_of(source: str | None) -> Path | None:
+    if source and source.lower().startswith("image-folder:"):
+        return Path(source.split(":", 1)[1]).expanduser()
+    return None
+
+
+def training_data_status(config: dict, dataset: str) -> tuple[bool, str]:
+    """(usable-or-fetchable, explanation) for the training split of ``dataset``, without network or extraction:
+    what :func:`invgrad.data.resolve_training_source` will try when the split is decoded (imports the data
+    package, hence torch: not for parse time)."""
+    from .. import data
+
+    block = config["data"]
+    resolved = data.resolve_training_source(
+        dataset,
+        block["train"].get(dataset),
+        archive=block["archives"].get(dataset),
+        root=block["root"],
+        download=block.get("download", True),
+        fetch=False,
+    )
+    return resolved.available, resolved.origin if resolved.available else resolved.reason
+
+
+def _unknown_models(config: dict, cells: dict) -> list[str]:
+    problems = []
+    for experiment, exp in cells.items():
+        for name, spec in exp.items():
+            if not is_model_name(spec["model"]):
+                problems.append(f"experiments.{experiment}: unknown model {spec['model']!r} (cell {name})")
+    # a block's own model (its grid may be empty), a compute experiment's models
+    for experiment in registry.experiments():
+        block = _enabled(config, experiment.name)
+        if not block:
+            continue
+        named = [block["model"]] if isinstance(block.get("model"), str) else []
+        named += [] if experiment.attacks else list(block.get("models", []))
+        problems += [
+            f"experiments.{experiment.name}: unknown model {m!r}" for m in named if not is_model_name(m)
+        ]
+    return problems
+
+
+def _data_problems(config: dict, cells: dict) -> list[str]:
+    problems = []
+    for dataset, source in config["data"]["val"].items():
+        folder = _folder_of(source)
+        if dataset == "ImageNet":
+            continue  # no download exists: a missing folder makes its cells "not run", the rest still runs
+        used = any(spec["dataset"] == dataset for exp in cells.values() for spec in exp.values())
+        if used and folder is not None and not folder.is_dir():
+            problems.append(f"data.val.{dataset}: image folder {folder} does not exist")
+    for experiment, exp in cells.items():  # the embedded sources hold 20 images (indices 0-19)
+        if not exp:
+            continue
+        spec = next(iter(exp.values()))
+        sel = spec["selection"]
+        if spec["val_source"].startswith("embedded-"):
+            last = (
+                max(sel["indices"])
+                if sel["rule"] == "list"
+                else sel["start"] + sel["users"] * sel["per_user"] - 1
+            )
+            if last >= EMBEDDED_IMAGES:
+                problems.append(
+                    f"experiments.{experiment}: needs images up to index {last} but {spec['val_source']} holds "
+                    f"{EMBEDDED_IMAGES} (indices 0-{EMBEDDED_IMAGES - 1})"
+                )
+    for dataset, source in config["data"]["train"].items():
+        folder = _folder_of(source)
+        archive = config["data"]["archives"].get(dataset)
+        if (
+            folder is not None
+            and not folder.is_dir()
+            and not archive
+            and not config["data"].get("download", True)
+        ):
+            problems.append(
+                f"data.train.{dataset}: image folder {folder} does not exist (no data.archives.{dataset} to "
+                "extract it from, data.download is false; use null for 'no training data')"
+            )
+    for dataset in ("CIFAR10", "CIFAR100"):
+        reach = attacked_images(cells, dataset)
+        if reach > HELD_OUT_EXCLUDES:
+            problems.append(
+                f"{dataset}: experiments attack validation images up to index {reach - 1}, beyond the first "
+                f"{HELD_OUT_EXCLUDES} that held-out victim accuracy excludes"
+            )
+    return problems
+
+
+def check(config: dict) -> list[str]:
+    """Problems the schema cannot see, as messages (empty list = fine)."""
+    load_experiment_modules(config)
+    problems = list(registry.claim_problems())
+    try:
+        cells = plan(config) if not problems else {}
+    except (ValueError, KeyError) as error:
+        return [f"invalid attack settings: {error}"]
+    problems += _unknown_models(config, cells)
+    problems += _data_problems(config, cells)
+    for experiment in registry.experiments():
+        if block := _enabled(config, experiment.name):
+            problems += experiment.check(block)
+    return problems
+
+
+def validate(config: dict) -> dict[str, dict[str, dict[str, Any]]]:
+    """Raise one :class:`PlanError` listing every problem; otherwise return the plan."""
+    problems = check(config)
+    if problems:
+        raise PlanError("invalid workflow config:\n  - " + "\n  - ".join(problems))
+    return plan(config)

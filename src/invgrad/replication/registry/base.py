@@ -1,0 +1,164 @@
+"""What an experiment module declares (:class:`Experiment`) and the helpers its ``cells`` function builds specs with.
+
+Torch-free on purpose: the workflow plans from these at parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...config import make_config
+from ..claimdefs import Claim
+
+CACHE_DIR = "data/cache"
+VICTIM_DIR = "results/victims"
+THREAT_KEYS = ("preset", "user_loss_scale")  # per-method keys of a config block that are not attack settings
+# Columns every attack experiment's images.csv has (scripts/make_table.py), whatever the experiment.
+COMMON_COLUMNS = (
+    "experiment",
+    "cell",
+    "target",
+    "status",
+    "reason",
+    "model",
+    "weights",
+    "victim_accuracy",
+    "victim_floor",
+    "preset",
+    "user_loss_scale",
+    "indices",
+    "psnr",
+    "psnr_prior",
+    "psnr_per_image",
+    "psnr_prior_per_image",
+    "psnr_half_budget_run",
+    "snapshots",
+    "ssim",
+    "mse",
+    "fmse",
+    "rec_loss",
+    "seconds",
+    "victim_epochs",
+    "victim_training_images",
+    "iterations",
+    "restarts",
+    "tv",
+    "note",
+)
+SWEEP_COLUMNS = ("axis", "value")  # rows of a cell that belongs to several sweeps (spec["sweeps"])
+
+Cells = dict[str, dict[str, Any]]
+
+
+def _no_row(spec: dict, record: dict) -> dict[str, Any]:
+    return {}
+
+
+def _no_problems(block: dict) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment, declared once.
+
+    * ``schema`` — the JSON-schema fragment of ``experiments.<name>`` (may ``$ref`` the shared ``#/$defs``).
+    * ``cells(config, block) -> {cell: spec}`` — an attack experiment's grid (``None``: a compute experiment,
+      whose spec is its config block and whose table ``script`` writes table.csv and trials.csv).
+    * ``row(spec, record) -> dict`` — the experiment's own columns of images.csv; ``columns`` names them.
+    * ``group_keys`` — the columns table.csv groups images by (besides ``cell``).
+    * ``figures`` — the stems its notebook writes under figures/ (``.png`` and ``.pdf``).
+    * ``claims`` — the claims of the paper (arXiv 2003.14053) decided from its tables; checked at plan time against ``columns``.
+    * ``check(block) -> [problem]`` — what the schema cannot say about the block.
+    * ``script`` — a compute experiment's table script (``--spec <block as JSON> --out table.csv``).
+    * ``notebook`` — default ``notebooks/<name>.ipynb``; ``caption`` — what its figures show (HTML report).
+    """
+
+    name: str
+    schema: dict[str, Any]
+    figures: tuple[str, ...]
+    cells: Callable[[dict, dict], Cells] | None = None
+    row: Callable[[dict, dict], dict[str, Any]] = _no_row
+    columns: tuple[str, ...] = ()
+    group_keys: tuple[str, ...] = ()
+    claims: tuple[Claim, ...] = ()
+    check: Callable[[dict], list[str]] = _no_problems
+    script: str | None = None
+    notebook: str | None = None
+    caption: str = ""
+
+    @property
+    def attacks(self) -> bool:
+        return self.cells is not None
+
+    @property
+    def notebook_path(self) -> str:
+        return self.notebook or f"notebooks/{self.name}.ipynb"
+
+    def table_columns(self) -> set[str]:
+        """Every column a claim may select on: the common ones and this experiment's own."""
+        base = set(COMMON_COLUMNS) | set(SWEEP_COLUMNS) if self.attacks else {"cell"}
+        return base | set(self.columns) | set(self.group_keys)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers for the cells functions
+# ----------------------------------------------------------------------------------------------------------------
+def fmt(value: float) -> str:
+    """Compact, path-safe number: 0.0001 -> 1e-04, 0.5 -> 0.5, 3 -> 3."""
+    if float(value).is_integer() and abs(value) < 1e6:
+        return str(int(value))
+    text = f"{value:g}"
+    return text.replace("+", "")
+
+
+def victim_path(model: str, dataset: str, epochs: int) -> str:
+    return f"{VICTIM_DIR}/{dataset}/{model}_e{epochs}.pt"
+
+
+def split_cache(dataset: str, split: str) -> str:
+    """The decoded split file (uint8 tensors) a victim trains or is measured on."""
+    return f"{CACHE_DIR}/{dataset}-{split}.pt"
+
+
+def attack_config(preset: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+    overrides = {k: v for k, v in overrides.items() if k not in ("restart_chunk", *THREAT_KEYS)}
+    return make_config(preset, seed=seed, **overrides)
+
+
+def selection(start: int, users: int, per_user: int, rule: str) -> dict[str, Any]:
+    """Which validation images each simulated user holds."""
+    # single consecutive images are named by their validation index; users with (possibly) several images u0, u1, ...
+    single = per_user == 1 and rule == "consecutive"
+    names = [str(start + e) for e in range(users)] if single else [f"u{e}" for e in range(users)]
+    return {"rule": rule, "start": start, "users": users, "per_user": per_user, "names": names}
+
+
+def cell(config, experiment, model, dataset, weights, attack, selection, **extra) -> dict[str, Any]:
+    """One cell's spec: everything its job needs, JSON-able; ``extra`` adds or overrides keys."""
+    epochs = extra.pop("epochs", config["training"]["epochs"])
+    victim = victim_path(model, dataset, epochs) if weights == "trained" else None
+    floor = config["training"].get("floors", {}).get(model) if weights == "trained" else None
+    return {
+        "experiment": experiment,
+        "model": model,
+        "dataset": dataset,
+        "val_source": config["data"]["val"][dataset],
+        "data_root": config["data"]["root"],
+        "weights": weights,
+        "victim": victim,
+        "epochs": epochs if weights == "trained" else None,
+        "attack": attack,
+        "selection": selection,
+        "seed": config["seed"],
+        "device": config["device"],
+        "threat": "gradient",
+        "image_size": None,
+        "note": "",
+        "victim_floor": floor,
+        "user_loss_scale": 1.0,
+        "preset": "ours",
+        **extra,
+    }
