@@ -1,8 +1,6 @@
 # A split decoded as 'not run' (no local copy and no network then) is resolved again on every run: the user may be
 # online now, or have supplied a folder or an archive (invgrad.data.cache).
-for _split in decoded_cache.retry_unavailable(
-    plan.CACHE_DIR, dry_run=workflow.dryrun
-):
+for _split in decoded_cache.retry_unavailable(plan.CACHE_DIR, dry_run=workflow.dryrun):
     print(
         f"note: {_split} had no training data last time; resolving its source again",
         file=sys.stderr,
