@@ -14,7 +14,7 @@ from invgrad import metrics
 from invgrad.cli import main
 from invgrad.config import make_config
 from invgrad.io import save_tensors
-from invgrad.replication import cells, experiments
+from invgrad.replication import cells, plan
 from invgrad.victim.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_cli_user_e_of_a_batch_is_the_same_user_attacked_alone(tmp_path):
 def test_a_cell_rerun_for_one_target_keeps_its_seeds(tmp_path):
     """``run_cell(only=[...])`` reproduces that user's record from the full run, defense noise included."""
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    spec = copy.deepcopy(experiments.plan(config)["defenses"]["noise-0.01"])
+    spec = copy.deepcopy(plan.plan(config)["defenses"]["noise-0.01"])
     spec["attack"]["max_iterations"] = 4
     spec["selection"] = {**spec["selection"], "users": 2, "names": ["0", "1"]}
     full = cells.run_cell(spec, "noise-0.01", tmp_path / "full", log=lambda _: None)
