@@ -12,7 +12,7 @@ import sys
 
 from _common import load_config, log, set_threads, spec_arg
 
-from invgrad.replication import cells, experiments
+from invgrad.replication import cells, plan
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     if spec is None:
         if not (args.config and args.experiment):
             p.error("give --spec, or --config and --experiment")
-        planned = experiments.validate(load_config(args.config))
+        planned = plan.validate(load_config(args.config))
         if args.experiment not in planned:
             p.error(f"experiment {args.experiment!r} is not enabled; enabled: {sorted(planned)}")
         if args.cell not in planned[args.experiment]:
