@@ -70,6 +70,9 @@ class GradientReconstructor:
         def defended(params, buffers, x, labels):
             return defense.simulate(simulate(params, buffers, x, labels))
 
+        plain = getattr(simulate, "plain", None)
+        if plain is not None:  # the engine's one-candidate path, defended alike
+            defended.plain = lambda x, labels: defense.simulate(plain(x, labels))
         return defended
 
     def _label_evidence(self, update: Update) -> list[torch.Tensor]:

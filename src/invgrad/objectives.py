@@ -99,3 +99,60 @@ def _scheme(weights: str, count: int) -> torch.Tensor:
 def layer_weights(indices: str, weights: str, target: Tensors) -> torch.Tensor:
     """One weight per tensor (zero for unselected ones), the form every objective takes."""
     return _selection_mask(indices, target) * _scheme(weights, len(target))
+
+
+# -- prepared forms for one candidate (the engine's plain-autograd path) -----------------------------------------
+# The observed update is fixed for a whole attack, so its flattened, weighted form and its norm are computed once;
+# each evaluation then costs one concatenation and two dot products instead of a few ops per tensor.
+PreparedDistance = Callable[[Tensors], torch.Tensor]
+
+
+def _flat(tensors: Tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _flat_weights(target: Tensors, w: torch.Tensor) -> torch.Tensor | None:
+    """One weight per entry, or None when every tensor weighs 1 (the weighting is then skipped)."""
+    if bool((w == 1).all()):
+        return None
+    return torch.cat([w[i].expand(t.numel()) for i, t in enumerate(target)])
+
+
+def _weighted_square(v: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return v.dot(v) if weight is None else (v * v).dot(weight)
+
+
+def _prepared_cosine(target: Tensors, w: torch.Tensor) -> PreparedDistance:
+    weight, flat = _flat_weights(target, w), _flat(target)
+    weighted = flat if weight is None else weight * flat
+    target_norm = _weighted_square(flat, weight).sqrt()
+
+    def distance(trial: Tensors) -> torch.Tensor:
+        g = _flat(trial)
+        return 1 - g.dot(weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
+
+    return distance
+
+
+def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor) -> PreparedDistance:
+    weight, flat = _flat_weights(target, w), _flat(target)
+
+    def distance(trial: Tensors) -> torch.Tensor:
+        return _weighted_square(_flat(trial) - flat, weight)
+
+    return distance
+
+
+PREPARED: dict[str, Callable[[Tensors, torch.Tensor], PreparedDistance]] = {
+    "sim": _prepared_cosine,
+    "l2": _prepared_squared_euclidean,
+}
+
+
+def prepared_distance(name: str, target: Tensors, w: torch.Tensor) -> PreparedDistance:
+    """``trial -> distance(trial, target, w)`` for one candidate, with the target's share precomputed where a
+    prepared form exists (``sim``, ``l2``), else the plain objective."""
+    if name in PREPARED:
+        return PREPARED[name](target, w)
+    objective = OBJECTIVES[name]
+    return lambda trial: objective(trial, target, w)

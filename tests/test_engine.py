@@ -1,0 +1,74 @@
+"""The engine's one-candidate plain-autograd path must compute what the batched torch.func path computes."""
+
+import pytest
+import torch
+
+from invgrad import GradientReconstructor, defenses, make_config, shared_gradient
+from invgrad.engine import Engine, convolution_backend, convolution_macs, gradient_simulator
+from invgrad.objectives import OBJECTIVES, prepared_distance
+
+
+def _engine(model, stats, **overrides):
+    cfg = make_config("ours", **{"max_iterations": 5, "seed": 3, "total_variation": 1e-2, **overrides})
+    dm, ds = (s.reshape(-1, 1, 1) for s in stats)
+    return Engine(model, gradient_simulator(model), cfg, dm, ds)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_prepared_distance_equals_the_objective(name):
+    gen = torch.Generator().manual_seed(0)
+    target = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
+    trial = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
+    for w in (torch.ones(2), torch.tensor([0.7, 0.2])):
+        expected = OBJECTIVES[name](trial, target, w)
+        assert float(prepared_distance(name, target, w)(trial)) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("cost_fn", ["sim", "l2", "simlocal"])
+def test_plain_path_gradient_equals_the_batched_one(lenet, cifar_samples, cifar_stats, cost_fn):
+    images, labels = cifar_samples
+    update = shared_gradient(lenet, images[:1], labels[:1])
+    engine = _engine(lenet, cifar_stats, cost_fn=cost_fn)
+    targets = [t[None] for t in update]
+    weights = torch.linspace(1, 0.3, len(update))[None]
+    x = [torch.randn(1, 1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    (batched,), loss_b = engine._gradients(targets, labels[None, :1], weights, None)(x)
+    (plain,), loss_p = engine._plain_gradients(targets, labels[None, :1], weights, None)(x)
+    assert plain.shape == batched.shape and loss_p.shape == loss_b.shape == (1, 1)
+    assert torch.allclose(plain, batched, rtol=1e-4, atol=1e-4 * batched.abs().max())
+    assert float(loss_p) == pytest.approx(float(loss_b), rel=1e-5)
+
+
+def test_plain_path_learns_label_logits_like_the_batched_one(lenet, cifar_samples, cifar_stats):
+    images, labels = cifar_samples
+    update = shared_gradient(lenet, images[:1], labels[:1])
+    engine = _engine(lenet, cifar_stats, cost_fn="l2")
+    gen = torch.Generator().manual_seed(2)
+    x = [torch.randn(1, 1, 1, 3, 32, 32, generator=gen), torch.randn(1, 1, 1, 10, generator=gen)]
+    args = ([t[None] for t in update], labels[None, :1], torch.ones(1, len(update)), 10)
+    batched, _ = engine._gradients(*args)(x)
+    plain, _ = engine._plain_gradients(*args)(x)
+    for a, b in zip(plain, batched, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max())
+
+
+def test_defended_attack_keeps_the_defense_on_the_plain_path(lenet, cifar_samples, cifar_stats):
+    """A clipping-aware attacker simulates the clipped update on the one-candidate path too."""
+    images, labels = cifar_samples
+    defense = defenses.Defense(clip=0.01)
+    attacker = GradientReconstructor(
+        lenet, cifar_stats, make_config("ours", max_iterations=2), defense=defense
+    )
+    simulate = attacker._simulator()
+    clipped = simulate.plain(images[:1], labels[:1])
+    assert float(torch.sqrt(sum(t.pow(2).sum() for t in clipped))) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_convolution_backend_is_restored_and_macs_counted(lenet):
+    before = torch.backends.mkldnn.enabled
+    with convolution_backend(not before):
+        assert torch.backends.mkldnn.enabled is (not before)
+    assert torch.backends.mkldnn.enabled is before
+    # LeNetZhu on one 32×32 image: three convolutions of 12 output channels, 5×5 kernels
+    expected = 12 * 16 * 16 * 3 * 25 + 12 * 8 * 8 * 12 * 25 + 12 * 8 * 8 * 12 * 25
+    assert convolution_macs(lenet, torch.zeros(1, 3, 32, 32)) == expected
