@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from .config import lr_milestones
 from .io import load_tensors, save_tensors
 from .lbfgs import BatchedLBFGS
-from .objectives import OBJECTIVES, prepared_distance, total_variation
+from .objectives import OBJECTIVES, candidate_total_variation, prepared_distance, total_variation
+from .persample import candidate_gradients, supports
 from .user import training_loss
 
 # simulate(params, buffers, x [K,C,H,W], labels [K] or [K, classes]) -> the shared update, one tensor per parameter
@@ -60,7 +61,16 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
         loss = training_loss(model(x), labels)
         return list(torch.autograd.grad(loss, params, create_graph=True))
 
+    def per_candidate(x, labels):
+        """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape], one plain autograd graph (no vmap).
+        Σ over candidates of each one's mean cross-entropy (training_loss) is the summed CE over K."""
+        k = x.shape[1]
+        return candidate_gradients(
+            model, x, labels, lambda logits, y: F.cross_entropy(logits, y, reduction="sum") / k
+        )
+
     simulate.plain = plain
+    simulate.per_candidate = per_candidate
     return simulate
 
 
@@ -263,8 +273,7 @@ class Engine:
         with bar, flushed_denormals():
             for g, (e_slice, r_slice) in enumerate(groups):
                 group_targets = [t[e_slice] for t in targets]
-                one = (e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start) == 1
-                make = self._plain_gradients if one else self._gradients
+                make = self._path((e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start))
                 gradients = make(group_targets, labels[e_slice], weights[e_slice], learn_labels)
                 results, kept = self._optimise(
                     [v[e_slice, r_slice] for v in starts], gradients, bar, resume, g, keep
@@ -305,6 +314,54 @@ class Engine:
 
         return images_and_labels
 
+    def _path(self, candidates: int) -> Callable:
+        """How a group of candidates is evaluated: plain autograd for one, one plain graph with per-candidate
+        gradients for many when the simulator, model and objective allow it (see :mod:`invgrad.persample`),
+        else vmap over torch.func."""
+        if candidates == 1:
+            return self._plain_gradients
+        expandable = (
+            getattr(self.simulate, "per_candidate", None) is not None
+            and self.cfg["cost_fn"] in ("sim", "l2")
+            and supports(self.model)
+        )
+        return self._expanded_gradients if expandable else self._gradients
+
+    def _expanded_gradients(self, targets, labels, weights, learn_labels) -> Callable:
+        """:meth:`_gradients` for E × R candidates without vmap: one forward/backward of all E·R·K images with
+        per-candidate parameter gradients (:func:`invgrad.persample.candidate_gradients`); equal to the vmap path
+        up to float rounding."""
+        cfg = self.cfg
+        per_candidate = self.simulate.per_candidate
+        distance = prepared_distance(cfg["cost_fn"], [t[:, None] for t in targets], weights[:, None], lead=2)
+        tv_weight = cfg["total_variation"]
+        backend = None
+
+        def evaluate(variables):
+            nonlocal backend
+            leaves = [v.detach().requires_grad_(True) for v in variables]
+            x = leaves[0]  # [E, R, K, C, H, W]
+            e, r, k = x.shape[:3]
+            flat_x = x.reshape(e * r, *x.shape[2:])
+            if backend is None:  # decided once per group, from the batch's shape
+                backend = (
+                    x.device.type != "cpu"
+                    or convolution_macs(self.model, flat_x[:, 0]) * k >= ONEDNN_MIN_MACS
+                )
+            if learn_labels is None:
+                soft = labels[:, None].expand(e, r, k).reshape(e * r, k)
+            else:
+                soft = torch.softmax(leaves[1], dim=-1).reshape(e * r, k, -1)
+            with convolution_backend(backend):
+                trial = [g.reshape(e, r, *g.shape[1:]) for g in per_candidate(flat_x, soft)]
+                total = distance(trial)
+                if tv_weight:
+                    total = total + tv_weight * candidate_total_variation(x)
+                grads = torch.autograd.grad(total.sum(), leaves)
+            return list(grads), total.detach()
+
+        return evaluate
+
     def _plain_gradients(self, targets, labels, weights, learn_labels) -> Callable:
         """The same as :meth:`_gradients` for a group of one candidate, with plain autograd: no vmap, no
         functional_call, the target's share of the objective precomputed, and ATen's convolutions where they are
@@ -315,7 +372,10 @@ class Engine:
         simulate = getattr(functional, "plain", None) or (
             lambda x, lab: functional(self.params, self.buffers, x, lab)
         )
-        distance = prepared_distance(cfg["cost_fn"], [t[0] for t in targets], weights[0])
+        target, w = [t[0] for t in targets], weights[0]
+        distance = prepared_distance(cfg["cost_fn"], target, w) or (
+            lambda trial: self.distance(trial, target, w)
+        )
         y, tv_weight = labels[0], cfg["total_variation"]
         backend = None
 

@@ -69,6 +69,13 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def candidate_total_variation(x: torch.Tensor) -> torch.Tensor:
+    """:func:`total_variation` of each candidate of [..., K, C, H, W] (means over its K images): shape [...]."""
+    dx = (x[..., :, :, :-1] - x[..., :, :, 1:]).abs().mean((-4, -3, -2, -1))
+    dy = (x[..., :, :-1, :] - x[..., :, 1:, :]).abs().mean((-4, -3, -2, -1))
+    return dx + dy
+
+
 def _selection_mask(indices: str, target: Tensors) -> torch.Tensor:
     """Which tensors enter the objective; ``topN`` ranks them by the observed update's norm."""
     count = len(target)
@@ -101,58 +108,60 @@ def layer_weights(indices: str, weights: str, target: Tensors) -> torch.Tensor:
     return _selection_mask(indices, target) * _scheme(weights, len(target))
 
 
-# -- prepared forms for one candidate (the engine's plain-autograd path) -----------------------------------------
+# -- prepared forms (the engine's plain-autograd paths) ------------------------------------------------------------
 # The observed update is fixed for a whole attack, so its flattened, weighted form and its norm are computed once;
-# each evaluation then costs one concatenation and two dot products instead of a few ops per tensor.
+# each evaluation then costs one concatenation and two dot products instead of a few ops per tensor. ``lead``
+# leading dimensions of every tensor (and of the weights, before their last one) index independent problems.
 PreparedDistance = Callable[[Tensors], torch.Tensor]
 
 
-def _flat(tensors: Tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
+def _flat(tensors: Tensors, lead: int) -> torch.Tensor:
+    return torch.cat([t.reshape(*t.shape[:lead], -1) for t in tensors], dim=-1)
 
 
-def _flat_weights(target: Tensors, w: torch.Tensor) -> torch.Tensor | None:
+def _flat_weights(target: Tensors, w: torch.Tensor, lead: int) -> torch.Tensor | None:
     """One weight per entry, or None when every tensor weighs 1 (the weighting is then skipped)."""
     if bool((w == 1).all()):
         return None
-    return torch.cat([w[i].expand(t.numel()) for i, t in enumerate(target)])
+    return torch.cat(
+        [w[..., i, None].expand(*t.shape[:lead], t[(0,) * lead].numel()) for i, t in enumerate(target)],
+        dim=-1,
+    )
 
 
 def _weighted_square(v: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    return v.dot(v) if weight is None else (v * v).dot(weight)
+    return torch.linalg.vecdot(v, v if weight is None else v * weight)
 
 
-def _prepared_cosine(target: Tensors, w: torch.Tensor) -> PreparedDistance:
-    weight, flat = _flat_weights(target, w), _flat(target)
+def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
+    weight, flat = _flat_weights(target, w, lead), _flat(target, lead)
     weighted = flat if weight is None else weight * flat
     target_norm = _weighted_square(flat, weight).sqrt()
 
     def distance(trial: Tensors) -> torch.Tensor:
-        g = _flat(trial)
-        return 1 - g.dot(weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
+        g = _flat(trial, lead)
+        return 1 - torch.linalg.vecdot(g, weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
 
     return distance
 
 
-def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor) -> PreparedDistance:
-    weight, flat = _flat_weights(target, w), _flat(target)
+def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
+    weight, flat = _flat_weights(target, w, lead), _flat(target, lead)
 
     def distance(trial: Tensors) -> torch.Tensor:
-        return _weighted_square(_flat(trial) - flat, weight)
+        return _weighted_square(_flat(trial, lead) - flat, weight)
 
     return distance
 
 
-PREPARED: dict[str, Callable[[Tensors, torch.Tensor], PreparedDistance]] = {
+PREPARED: dict[str, Callable[[Tensors, torch.Tensor, int], PreparedDistance]] = {
     "sim": _prepared_cosine,
     "l2": _prepared_squared_euclidean,
 }
 
 
-def prepared_distance(name: str, target: Tensors, w: torch.Tensor) -> PreparedDistance:
-    """``trial -> distance(trial, target, w)`` for one candidate, with the target's share precomputed where a
-    prepared form exists (``sim``, ``l2``), else the plain objective."""
-    if name in PREPARED:
-        return PREPARED[name](target, w)
-    objective = OBJECTIVES[name]
-    return lambda trial: objective(trial, target, w)
+def prepared_distance(name: str, target: Tensors, w: torch.Tensor, lead: int = 0) -> PreparedDistance | None:
+    """``trial -> distance(trial, target, w)`` with the target's share precomputed, for the objectives that have
+    a prepared form (``sim``, ``l2``; None for the others). With ``lead`` > 0 the result has that many leading
+    dimensions (broadcast between trial and target)."""
+    return PREPARED[name](target, w, lead) if name in PREPARED else None
