@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from invgrad import GradientReconstructor, defenses, make_config, shared_gradient
+from invgrad import GradientReconstructor, defenses, engine, make_config, shared_gradient
 from invgrad.engine import Engine, convolution_backend, convolution_macs, gradient_simulator
 from invgrad.objectives import OBJECTIVES, prepared_distance
 
@@ -134,3 +134,117 @@ def test_models_with_other_parameters_fall_back_to_vmap(lenet, cifar_stats):
     assert supports(lenet) and not supports(Scaled())
     assert _engine(Scaled(), cifar_stats)._path(4).__name__ == "_gradients"
     assert _engine(lenet, cifar_stats, cost_fn="simlocal")._path(4).__name__ == "_gradients"
+
+
+# -- groups that fit the device's memory ----------------------------------------------------------------------
+def _spans(groups):
+    return [((e.start, e.stop), (r.start, r.stop)) for e, r in groups]
+
+
+def test_tiles_cover_every_candidate_once_within_the_limit():
+    assert _spans(engine.tile(3, 4, None, None)) == [((0, 3), (0, 4))]
+    assert _spans(engine.tile(3, 4, None, 8)) == [((0, 2), (0, 4)), ((2, 3), (0, 4))]
+    assert _spans(engine.tile(1, 8, None, 3)) == [((0, 1), (0, 3)), ((0, 1), (3, 6)), ((0, 1), (6, 8))]
+    assert _spans(engine.tile(2, 4, 2, None)) == [
+        ((0, 2), (0, 2)),
+        ((0, 2), (2, 4)),
+    ]  # restart_chunk as before
+    for e, r, chunk, largest in [(5, 3, None, 4), (7, 1, None, 3), (2, 5, 2, 3), (4, 4, 3, 1)]:
+        seen = torch.zeros(e, r, dtype=torch.int)
+        for es, rs in engine.tile(e, r, chunk, largest):
+            assert (es.stop - es.start) * (rs.stop - rs.start) <= largest
+            seen[es, rs] += 1
+        assert bool((seen == 1).all())
+
+
+def test_split_halves_experiments_then_restarts():
+    assert _spans(engine.split_group(slice(0, 5), slice(0, 2))) == [((0, 2), (0, 2)), ((2, 5), (0, 2))]
+    assert _spans(engine.split_group(slice(3, 4), slice(0, 3))) == [((3, 4), (0, 1)), ((3, 4), (1, 3))]
+    assert engine.split_group(slice(3, 4), slice(2, 3)) is None
+
+
+def test_free_memory_comes_from_mem_get_info_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123_456, 10**9))
+    assert engine.device_free_memory(torch.device("cuda", 0)) == 123_456
+    assert engine.device_free_memory(torch.device("cpu")) is None
+
+
+def _attack(lenet, cifar_samples, cifar_stats, **kwargs):
+    images, labels = cifar_samples
+    updates = [shared_gradient(lenet, images[i : i + 1], labels[i : i + 1]) for i in range(3)]
+    attacker = GradientReconstructor(
+        lenet, cifar_stats, make_config("ours", restarts=2, max_iterations=8, seed=3)
+    )
+    return attacker.reconstruct_many(updates, [labels[i : i + 1] for i in range(3)], **kwargs)
+
+
+def _group_sizes(monkeypatch):
+    sizes = []
+    original = Engine._group_gradients
+
+    def recording(self, e_slice, r_slice, *args):
+        sizes.append((e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start))
+        return original(self, e_slice, r_slice, *args)
+
+    monkeypatch.setattr(Engine, "_group_gradients", recording)
+    return sizes
+
+
+def test_a_memory_limit_cuts_the_candidates_into_groups_that_fit(
+    lenet, cifar_samples, cifar_stats, monkeypatch
+):
+    whole, stats = _attack(lenet, cifar_samples, cifar_stats)
+    sizes = _group_sizes(monkeypatch)
+    per_candidate = {}
+    original = engine.saved_bytes
+
+    def measured(evaluate, variables):
+        per_candidate["bytes"] = original(evaluate, variables) / 2 * engine.MEMORY_SAFETY
+        return original(evaluate, variables)
+
+    monkeypatch.setattr(engine, "saved_bytes", measured)
+    limit = int(2.5 * 196_000)  # LeNetZhu, one 32×32 image: about 65 kB saved by autograd, ×3
+    cut, cut_stats = _attack(lenet, cifar_samples, cifar_stats, memory_limit=limit)
+    allowed = max(1, int(limit // per_candidate["bytes"]))
+    assert 1 <= allowed < 6
+    assert sizes[0] == 2 and all(s <= allowed for s in sizes[1:]) and sum(sizes[1:]) == 6  # [0]: the probe
+    assert torch.allclose(cut, whole, atol=1e-4)
+    assert torch.allclose(
+        torch.tensor(cut_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
+    )
+
+
+def test_a_group_out_of_memory_is_split_and_redone(lenet, cifar_samples, cifar_stats, monkeypatch):
+    whole, stats = _attack(lenet, cifar_samples, cifar_stats)
+    sizes = _group_sizes(monkeypatch)
+    original = Engine._optimise
+
+    def small_device(self, starts, *args, **kwargs):
+        if starts[0].shape[0] * starts[0].shape[1] > 2:
+            raise torch.OutOfMemoryError("fake: CUDA out of memory")
+        return original(self, starts, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_optimise", small_device)
+    split, split_stats = _attack(lenet, cifar_samples, cifar_stats)
+    assert sizes == [
+        6,
+        2,
+        4,
+        2,
+        2,
+    ]  # all 6 fail; halves of 1 and 2 experiments (×2 restarts); the 4 is split again
+    assert torch.allclose(split, whole, atol=1e-4)
+    assert torch.allclose(
+        torch.tensor(split_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
+    )
+
+
+def test_one_candidate_that_does_not_fit_fails_with_a_clear_message(
+    lenet, cifar_samples, cifar_stats, monkeypatch
+):
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("fake: CUDA out of memory")
+
+    monkeypatch.setattr(Engine, "_optimise", no_memory)
+    with pytest.raises(torch.OutOfMemoryError, match="one candidate .* does not fit"):
+        _attack(lenet, cifar_samples, cifar_stats)

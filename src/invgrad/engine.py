@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,6 +191,57 @@ def _make_optimizer(cfg: dict, x: torch.Tensor, *extra: torch.Tensor) -> torch.o
     return factories[cfg["optim"]]()
 
 
+MEMORY_SAFETY = 3.0  # bytes autograd saves per candidate × this = what a candidate is assumed to need
+
+
+def device_free_memory(device: torch.device) -> int | None:
+    """Bytes a group of candidates may use: the free memory of a CUDA device; None (no limit) elsewhere."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def saved_bytes(evaluate: Callable, variables: list[torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves during one evaluation (the bulk of its peak memory)."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        evaluate(variables)
+    return total
+
+
+def tile(
+    experiments: int, restarts: int, restart_chunk: int | None, largest: int | None
+) -> list[tuple[slice, slice]]:
+    """(experiments, restarts) tiles of at most ``largest`` candidates (None: any), restarts at most
+    ``restart_chunk`` at a time: all restarts of as many experiments as fit, else fewer restarts of one."""
+    per_row = min(restarts, max(1, restart_chunk) if restart_chunk else restarts, largest or restarts)
+    rows = max(1, (largest or experiments * per_row) // per_row)
+    return [
+        (slice(e, min(e + rows, experiments)), slice(r, min(r + per_row, restarts)))
+        for e in range(0, experiments, rows)
+        for r in range(0, restarts, per_row)
+    ]
+
+
+def split_group(e_slice: slice, r_slice: slice) -> list[tuple[slice, slice]] | None:
+    """Two halves of a group that did not fit (experiments first); None for a single candidate."""
+    (e0, e1), (r0, r1) = (e_slice.start, e_slice.stop), (r_slice.start, r_slice.stop)
+    if e1 - e0 > 1:
+        mid = (e0 + e1) // 2
+        return [(slice(e0, mid), r_slice), (slice(mid, e1), r_slice)]
+    if r1 - r0 > 1:
+        mid = (r0 + r1) // 2
+        return [(e_slice, slice(r0, mid)), (e_slice, slice(mid, r1))]
+    return None
+
+
 class Engine:
     """Optimises candidates for E experiments × R restarts against E observed updates."""
 
@@ -236,6 +288,7 @@ class Engine:
         state_path: str | Path | None = None,
         save_every: int = 500,
         snapshot_at: Sequence[int] = (),
+        memory_limit: int | None = None,
     ) -> EngineResult:
         """targets: one tensor per parameter with a leading experiment axis E; labels [E, K]; weights [E, L].
 
@@ -249,6 +302,11 @@ class Engine:
 
         ``snapshot_at``: iterations (1-based counts) after which the image iterates of every restart are kept;
         they come back in ``EngineResult.snapshots``.
+
+        ``memory_limit``: bytes a group of candidates may use (default: the free memory of a CUDA device, no limit
+        on CPU). Restarts × experiments are cut into groups that fit (per-candidate need measured by
+        :func:`saved_bytes`); a group that still runs out of memory is split in half and redone. Groups change a
+        result only at float rounding (different batch shapes), never otherwise.
         """
         cfg = self.cfg
         experiments, restarts = labels.shape[0], cfg["restarts"]
@@ -264,29 +322,49 @@ class Engine:
         finals = [torch.empty_like(v) for v in starts]
         keep = sorted({int(i) for i in snapshot_at if 0 < int(i) <= cfg["max_iterations"]})
         snapshots = {i: torch.empty_like(starts[0]) for i in keep}
-        groups = self._groups(experiments, restarts, restart_chunk)
         resume = ResumeState(state_path, fingerprint(cfg, seed, targets, labels, starts), save_every)
+        limit = memory_limit if memory_limit is not None else device_free_memory(like["device"])
+        with flushed_denormals():
+            largest = self._largest_group(limit, targets, labels, weights, learn_labels, starts)
+        groups = deque(tile(experiments, restarts, restart_chunk, largest))
+        rec, tv = (torch.empty(experiments, restarts, **like) for _ in range(2))
         start = time.perf_counter()
         bar = tqdm(
             total=len(groups) * cfg["max_iterations"], disable=not progress, desc="reconstruct", unit="it"
         )
         with bar, flushed_denormals():
-            for g, (e_slice, r_slice) in enumerate(groups):
-                group_targets = [t[e_slice] for t in targets]
-                make = self._path((e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start))
-                gradients = make(group_targets, labels[e_slice], weights[e_slice], learn_labels)
-                results, kept = self._optimise(
-                    [v[e_slice, r_slice] for v in starts], gradients, bar, resume, g, keep
-                )
+            while groups:
+                e_slice, r_slice = groups.popleft()
+                group = [v[e_slice, r_slice] for v in starts]
+                try:
+                    results, kept = self._optimise(
+                        group,
+                        self._group_gradients(e_slice, r_slice, targets, labels, weights, learn_labels),
+                        bar,
+                        resume,
+                        f"{e_slice.start}:{e_slice.stop},{r_slice.start}:{r_slice.stop}",
+                        keep,
+                    )
+                    with torch.no_grad():
+                        rec[e_slice, r_slice], tv[e_slice, r_slice] = self._final_values(
+                            results, [t[e_slice] for t in targets], labels[e_slice], weights[e_slice]
+                        )
+                except torch.OutOfMemoryError as error:
+                    halves = split_group(e_slice, r_slice)
+                    if halves is None:
+                        raise torch.OutOfMemoryError(
+                            f"one candidate ({num_images} image(s) of shape {tuple(img_shape)}) does not fit in "
+                            f"the memory of {like['device']}: fewer images per attack, or a larger device"
+                        ) from error
+                    if like["device"].type == "cuda":
+                        torch.cuda.empty_cache()
+                    groups.extendleft(reversed(halves))
+                    bar.total += cfg["max_iterations"]
+                    continue
                 for final, result in zip(finals, results, strict=True):
                     final[e_slice, r_slice] = result
                 for iteration, image in kept.items():
                     snapshots[iteration][e_slice, r_slice] = image
-        with torch.no_grad(), flushed_denormals():
-            if learn_labels is None:
-                _, (rec, tv) = self._value(finals[0], targets, labels, weights)
-            else:
-                _, (rec, tv) = self._value_soft(finals[0], finals[1], targets, weights)
         resume.finish()
         return EngineResult(
             finals[0],
@@ -394,11 +472,32 @@ class Engine:
 
         return evaluate
 
-    def _groups(self, experiments: int, restarts: int, chunk: int | None) -> list[tuple[slice, slice]]:
-        chunk = restarts if chunk is None else max(1, chunk)
-        return [
-            (slice(0, experiments), slice(r, min(r + chunk, restarts))) for r in range(0, restarts, chunk)
-        ]
+    def _group_gradients(self, e_slice, r_slice, targets, labels, weights, learn_labels) -> Callable:
+        make = self._path((e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start))
+        return make([t[e_slice] for t in targets], labels[e_slice], weights[e_slice], learn_labels)
+
+    def _final_values(self, results, targets, labels, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objective without TV and TV of a group's final iterates, [E_g, R_g]."""
+        if len(results) == 1:
+            _, (rec, tv) = self._value(results[0], targets, labels, weights)
+        else:
+            _, (rec, tv) = self._value_soft(results[0], results[1], targets, weights)
+        return rec.detach(), tv.detach()
+
+    def _largest_group(self, limit, targets, labels, weights, learn_labels, starts) -> int | None:
+        """How many candidates one group may hold within ``limit`` bytes (None: no limit). The bytes a candidate
+        needs are measured: what autograd saves for one evaluation of two candidates (halved), times
+        ``MEMORY_SAFETY`` for workspaces and temporaries."""
+        experiments, restarts = starts[0].shape[:2]
+        if limit is None or experiments * restarts == 1:
+            return None
+        pair = (slice(0, 1), slice(0, 2)) if restarts > 1 else (slice(0, 2), slice(0, 1))
+        try:
+            evaluate = self._group_gradients(*pair, targets, labels, weights, learn_labels)
+            per_candidate = saved_bytes(evaluate, [v[pair] for v in starts]) / 2 * MEMORY_SAFETY
+        except torch.OutOfMemoryError:
+            return 1
+        return max(1, int(limit // max(per_candidate, 1)))
 
     def _optimise(
         self, starts, gradients, bar, resume: ResumeState, group: int, keep: Sequence[int] = ()
