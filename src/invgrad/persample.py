@@ -2,8 +2,8 @@
 
 Candidates are independent (eval mode: BatchNorm uses running statistics), so the gradient of the summed loss
 w.r.t. each layer's *output* is, row by row, each candidate's own backpropagated signal δ. A layer's weight
-gradient is a contraction of δ with the layer's input (for a convolution, its unfolded patches), so summing
-that contraction over a candidate's images only gives every candidate its own ∇θ — exactly the quantity
+gradient is a contraction of δ with the layer's input (for a convolution, a convolution with one group per
+candidate), so summing that contraction over a candidate's images only gives every candidate its own ∇θ — exactly the quantity
 ``torch.func.vmap(grad(...))`` computes, at a fraction of the cost on a CPU, and still twice differentiable
 (the engine differentiates the objective of these gradients w.r.t. the images with ordinary autograd).
 
@@ -15,7 +15,6 @@ Supported: models whose trainable parameters all sit in ``nn.Conv2d`` (``groups=
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -43,12 +42,32 @@ def supports(model: nn.Module) -> bool:
     return True
 
 
+def _grouped(t: torch.Tensor, n: int) -> torch.Tensor:
+    """[N·K, C, H, W] -> [K, N·C, H, W]: each candidate a channel group (a view when K = 1)."""
+    k = t.shape[0] // n
+    return t.reshape(n, k, *t.shape[1:]).transpose(0, 1).reshape(k, n * t.shape[1], *t.shape[2:])
+
+
 def _conv(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    cols = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # [B, C·kh·kw, P]
-    d = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3])  # [N, K, O, P]
-    cols = cols.reshape(n, -1, cols.shape[1], cols.shape[2])  # [N, K, C·kh·kw, P]
-    weight = torch.einsum("nkop,nkcp->noc", d, cols).reshape(n, *m.weight.shape)
-    return {"weight": weight, "bias": d.sum((1, 3))}
+    """The weight gradient of a convolution with one group per candidate: ATen's own (twice differentiable)
+    convolution backward, summing over each candidate's K images; no im2col copies (10–40 % faster than
+    unfold + einsum on LeNetZhu × 8)."""
+    placeholder = m.weight.detach().repeat(n, 1, 1, 1)  # only its shape is used for the weight gradient
+    _, weight, _ = torch.ops.aten.convolution_backward(
+        _grouped(d, n),
+        _grouped(a, n),
+        placeholder,
+        None,
+        list(m.stride),
+        list(m.padding),
+        list(m.dilation),
+        False,
+        [0, 0],
+        n,
+        [False, True, False],
+    )
+    bias = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3]).sum((1, 3))
+    return {"weight": weight.reshape(n, *m.weight.shape), "bias": bias}
 
 
 def _linear(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
