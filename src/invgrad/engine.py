@@ -56,11 +56,12 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
         g = grad(loss)(params)
         return [g[n] for n in params]
 
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
     def plain(x, labels):
         """The same update with plain autograd on the model itself (one candidate: no vmap to pay for)."""
-        params = [p for p in model.parameters() if p.requires_grad]
         loss = training_loss(model(x), labels)
-        return list(torch.autograd.grad(loss, params, create_graph=True))
+        return list(torch.autograd.grad(loss, trainable, create_graph=True))
 
     def per_candidate(x, labels):
         """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape], one plain autograd graph (no vmap).
