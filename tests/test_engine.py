@@ -267,3 +267,19 @@ def test_plain_unrolled_fedavg_update_equals_the_functional_one(lenet, cifar_sam
     (ga,) = torch.autograd.grad(sum(g.pow(2).sum() for g in got), x)
     (gb,) = torch.autograd.grad(sum(g.pow(2).sum() for g in expected), x)
     assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-4 * gb.abs().max())
+
+
+def test_prepared_distance_per_tensor_equals_the_concatenated_one(monkeypatch):
+    """Large models skip the concatenation: the same numbers either way."""
+    from invgrad import objectives
+
+    gen = torch.Generator().manual_seed(4)
+    target = [torch.randn(2, 1, 4, 3, generator=gen), torch.randn(2, 1, 5, generator=gen)]
+    trial = [torch.randn(2, 3, 4, 3, generator=gen), torch.randn(2, 3, 5, generator=gen)]
+    w = torch.tensor([[[0.7, 0.2]], [[1.0, 0.5]]])
+    for name in ("sim", "l2"):
+        joined = prepared_distance(name, target, w, lead=2)(trial)
+        monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 10)
+        split = prepared_distance(name, target, w, lead=2)(trial)
+        monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 1_000_000)
+        assert torch.allclose(joined, split, rtol=1e-5)

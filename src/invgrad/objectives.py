@@ -109,47 +109,63 @@ def layer_weights(indices: str, weights: str, target: Tensors) -> torch.Tensor:
 
 
 # -- prepared forms (the engine's plain-autograd paths) ------------------------------------------------------------
-# The observed update is fixed for a whole attack, so its flattened, weighted form and its norm are computed once;
-# each evaluation then costs one concatenation and two dot products instead of a few ops per tensor. ``lead``
-# leading dimensions of every tensor (and of the weights, before their last one) index independent problems.
+# The observed update is fixed for a whole attack, so its flattened, weighted form and its norm are computed once.
+# Small models: one concatenation and two dot products per evaluation instead of a few ops per tensor. Large ones
+# (above CONCAT_MAX_ENTRIES): dot products per tensor, since copying millions of gradient entries into one vector
+# (and back in the backward pass) cost ResNet20-4 about a tenth of an evaluation. ``lead`` leading dimensions of
+# every tensor (and of the weights, before their last one) index independent problems.
 PreparedDistance = Callable[[Tensors], torch.Tensor]
+CONCAT_MAX_ENTRIES = 1_000_000
 
 
-def _flat(tensors: Tensors, lead: int) -> torch.Tensor:
-    return torch.cat([t.reshape(*t.shape[:lead], -1) for t in tensors], dim=-1)
+def _pieces(tensors: Tensors, lead: int, concat: bool) -> list[torch.Tensor]:
+    flat = [t.reshape(*t.shape[:lead], -1) for t in tensors]
+    return [torch.cat(flat, dim=-1)] if concat else flat
 
 
-def _flat_weights(target: Tensors, w: torch.Tensor, lead: int) -> torch.Tensor | None:
-    """One weight per entry, or None when every tensor weighs 1 (the weighting is then skipped)."""
+def _weight_pieces(target: Tensors, w: torch.Tensor, lead: int, concat: bool) -> list[torch.Tensor] | None:
+    """Each piece's entry weights (broadcastable), or None when every tensor weighs 1 (weighting skipped)."""
     if bool((w == 1).all()):
         return None
-    return torch.cat(
-        [w[..., i, None].expand(*t.shape[:lead], t[(0,) * lead].numel()) for i, t in enumerate(target)],
-        dim=-1,
-    )
+    per_tensor = [w[..., i, None] for i in range(len(target))]
+    if not concat:
+        return per_tensor
+    sizes = [t[(0,) * lead].numel() for t in target]
+    return [torch.cat([v.expand(*v.shape[:-1], n) for v, n in zip(per_tensor, sizes, strict=True)], dim=-1)]
 
 
-def _weighted_square(v: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    return torch.linalg.vecdot(v, v if weight is None else v * weight)
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    return sum(torch.linalg.vecdot(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _weighted_square(v: list[torch.Tensor], weight: list[torch.Tensor] | None) -> torch.Tensor:
+    return _dot(v, v if weight is None else [x * c for x, c in zip(v, weight, strict=True)])
+
+
+def _concat(target: Tensors, lead: int) -> bool:
+    return sum(t[(0,) * lead].numel() for t in target) <= CONCAT_MAX_ENTRIES
 
 
 def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
-    weight, flat = _flat_weights(target, w, lead), _flat(target, lead)
-    weighted = flat if weight is None else weight * flat
+    concat = _concat(target, lead)
+    weight, flat = _weight_pieces(target, w, lead, concat), _pieces(target, lead, concat)
+    weighted = flat if weight is None else [t * c for t, c in zip(flat, weight, strict=True)]
     target_norm = _weighted_square(flat, weight).sqrt()
 
     def distance(trial: Tensors) -> torch.Tensor:
-        g = _flat(trial, lead)
-        return 1 - torch.linalg.vecdot(g, weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
+        g = _pieces(trial, lead, concat)
+        return 1 - _dot(g, weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
 
     return distance
 
 
 def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
-    weight, flat = _flat_weights(target, w, lead), _flat(target, lead)
+    concat = _concat(target, lead)
+    weight, flat = _weight_pieces(target, w, lead, concat), _pieces(target, lead, concat)
 
     def distance(trial: Tensors) -> torch.Tensor:
-        return _weighted_square(_flat(trial, lead) - flat, weight)
+        diff = [g - t for g, t in zip(_pieces(trial, lead, concat), flat, strict=True)]
+        return _weighted_square(diff, weight)
 
     return distance
 
