@@ -60,8 +60,9 @@ def main() -> None:
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
 
     def reference_eval():
-        loss = reference.cosine_loss(reference.parameter_gradient(model, x, labels[:1]), updates[0])
-        loss = loss + 1e-4 * reference.total_variation(x)
+        inner = x.clone()  # not a leaf: the FLOP counter's module hooks refuse leaves under autograd.grad
+        loss = reference.cosine_loss(reference.parameter_gradient(model, inner, labels[:1]), updates[0])
+        loss = loss + 1e-4 * reference.total_variation(inner)
         return torch.autograd.grad(loss, x)
 
     counter = FlopCounterMode(display=False)
