@@ -55,7 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = build_model(args.model, seed=0).eval()
-    images, labels = data.load_targets(data.load_dataset("embedded-CIFAR10"), list(range(args.users)))
+    images, labels = data.load_targets(
+        data.load_dataset("embedded-CIFAR10"), [i % 20 for i in range(args.users)]
+    )  # the 20 embedded images, cycled
     updates = [shared_gradient(model, images[i : i + 1], labels[i : i + 1]) for i in range(args.users)]
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
 

@@ -76,11 +76,13 @@ def _linear(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str,
 
 
 def _batchnorm(m: nn.BatchNorm2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    scale = torch.rsqrt(m.running_var + m.eps)[:, None, None]
-    normalised = (a - m.running_mean[:, None, None]) * scale
-    d_grouped = d.reshape(n, -1, *d.shape[1:])
-    weight = (d_grouped * normalised.reshape(d_grouped.shape)).sum((1, 3, 4))
-    return {"weight": weight, "bias": d_grouped.sum((1, 3, 4))}
+    """γ's gradient Σ d·(a − μ)/σ written as (Σ d·a − μ Σ d)/σ: one activation-sized product instead of
+    three (a tenth of ResNet20's evaluation went to such products)."""
+    d_sum = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3])
+    da = (d * a).reshape(d_sum.shape).sum((1, 3))
+    bias = d_sum.sum((1, 3))
+    weight = (da - m.running_mean * bias) * torch.rsqrt(m.running_var + m.eps)
+    return {"weight": weight, "bias": bias}
 
 
 RULES = {nn.Conv2d: _conv, nn.Linear: _linear, nn.BatchNorm2d: _batchnorm}
