@@ -32,12 +32,14 @@ def test_prepared_distance_equals_the_objective(name):
 
 
 @pytest.mark.parametrize("cost_fn", ["sim", "l2", "simlocal"])
-def test_plain_path_gradient_equals_the_batched_one(lenet, cifar_samples, cifar_stats, cost_fn):
+@pytest.mark.parametrize("weighted", [True, False])
+def test_plain_path_gradient_equals_the_batched_one(lenet, cifar_samples, cifar_stats, cost_fn, weighted):
+    """Weighted: autograd through the prepared objective; unweighted cosine: its hand-written gradient."""
     images, labels = cifar_samples
     update = shared_gradient(lenet, images[:1], labels[:1])
     engine = _engine(lenet, cifar_stats, cost_fn=cost_fn)
     targets = [t[None] for t in update]
-    weights = torch.linspace(1, 0.3, len(update))[None]
+    weights = (torch.linspace(1, 0.3, len(update)) if weighted else torch.ones(len(update)))[None]
     x = [torch.randn(1, 1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
     (batched,), loss_b = engine._gradients(targets, labels[None, :1], weights, None)(x)
     (plain,), loss_p = engine._plain_gradients(targets, labels[None, :1], weights, None)(x)
@@ -87,13 +89,22 @@ def _grads(engine, path, update_sets, labels, weights, x, learn=None):
 
 
 @pytest.mark.parametrize("cost_fn", ["sim", "l2"])
-def test_expanded_path_equals_vmap_for_experiments_and_restarts(lenet, cifar_samples, cifar_stats, cost_fn):
-    """2 experiments × 3 restarts × 2 images: per-candidate gradients from one graph, no vmap."""
+@pytest.mark.parametrize("weighted", [True, False])
+def test_expanded_path_equals_vmap_for_experiments_and_restarts(
+    lenet, cifar_samples, cifar_stats, cost_fn, weighted, monkeypatch
+):
+    """2 experiments × 3 restarts × 2 images: per-candidate gradients from one graph, no vmap; unweighted, the
+    cosine's hand-written gradient over per-tensor pieces (no concatenation) too."""
+    from invgrad import objectives
+
+    if not weighted:
+        monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 100)
     images, labels = cifar_samples
     updates = [shared_gradient(lenet, images[i : i + 2], labels[i : i + 2]) for i in (0, 2)]
     engine = _engine(lenet, cifar_stats, cost_fn=cost_fn)
     assert engine._path(6) == engine._expanded_gradients
-    weights = torch.stack([torch.linspace(1, 0.3, len(updates[0])), torch.ones(len(updates[0]))])
+    ones = torch.ones(len(updates[0]))
+    weights = torch.stack([torch.linspace(1, 0.3, len(updates[0])) if weighted else ones, ones])
     x = [torch.randn(2, 3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
     y = torch.stack([labels[0:2], labels[2:4]])
     (batched,), loss_b = _grads(engine, lambda e: e._gradients, updates, y, weights, x)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .config import INDEX_PATTERN
 
@@ -146,6 +147,36 @@ def _concat(target: Tensors, lead: int) -> bool:
     return sum(t[(0,) * lead].numel() for t in target) <= CONCAT_MAX_ENTRIES
 
 
+class _UnweightedCosine(torch.autograd.Function):
+    """1 − <g, t>/(|g| |t|) over pieces of g and t, with a hand-written gradient: two passes over g (a norm and a
+    dot product) forward, one fused a·t + b·g backward, where autograd's version makes about five products over
+    every gradient entry (a third of ResNet20's evaluation on a CPU with little memory bandwidth). Differentiable
+    once, which is all the attack needs (the images' gradient goes through g, not through this gradient)."""
+
+    @staticmethod
+    def forward(ctx, target_norm, count, *pieces):
+        g, t = pieces[:count], pieces[count:]
+        dot = _dot(list(g), list(t))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x, dim=-1) for x in g]), dim=0)
+        ctx.save_for_backward(target_norm, dot, norm, *pieces)
+        ctx.count = count
+        return 1 - dot / (norm * target_norm)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        target_norm, dot, norm, *pieces = ctx.saved_tensors
+        g, t = pieces[: ctx.count], pieces[ctx.count :]
+        a = (-grad_out / (norm * target_norm))[..., None]
+        b = (grad_out * dot / (target_norm * norm**3))[..., None]
+        return (
+            None,
+            None,
+            *[torch.addcmul(y * a, x, b) for x, y in zip(g, t, strict=True)],
+            *[None] * len(t),
+        )
+
+
 def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
     concat = _concat(target, lead)
     weight, flat = _weight_pieces(target, w, lead, concat), _pieces(target, lead, concat)
@@ -154,6 +185,8 @@ def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDis
 
     def distance(trial: Tensors) -> torch.Tensor:
         g = _pieces(trial, lead, concat)
+        if weight is None:
+            return _UnweightedCosine.apply(target_norm, len(g), *g, *flat)
         return 1 - _dot(g, weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
 
     return distance
