@@ -1,12 +1,18 @@
-"""The batched reconstruction engine: all restarts of all experiments optimised as one vectorised problem.
+"""The batched reconstruction engine: all restarts of all experiments optimised together.
 
 Each restart is an independent candidate batch ``x_r`` of K images. Its objective needs the *parameter*
 gradient of the candidate (a per-restart gradient), then the gradient of the distance w.r.t. ``x_r``: a
-second-order quantity. ``torch.func`` gives both per restart with ``vmap(grad_and_value(...))`` over restarts
-(inner) and experiments (outer), so R restarts × E experiments cost one batched forward/backward instead of
-R·E Python-level ones. Adam and SGD act element-wise, so one optimizer over the stacked tensor is exactly R·E
-independent optimizers. L-BFGS is not element-wise (its curvature history mixes every coordinate), so it runs as
-:class:`~invgrad.lbfgs.BatchedLBFGS`: one history and stopping state per (experiment, restart), vectorised.
+second-order quantity. A group of candidates is evaluated one of three ways (:meth:`Engine._path`):
+
+* one candidate: plain autograd on the model (``create_graph``), no torch.func — the single-image default;
+* many: one plain autograd graph for all, each candidate's parameter gradient assembled from the layer signals
+  (:mod:`invgrad.persample`) — for FedSGD simulators, the ``sim``/``l2`` objectives and Conv/Linear/BN models;
+* otherwise ``vmap(grad_and_value(...))`` over restarts (inner) and experiments (outer) with ``torch.func``.
+
+All three compute the same mathematics; they differ at float rounding only. Adam and SGD act element-wise, so one
+optimizer over the stacked tensor is exactly R·E independent optimizers. L-BFGS is not element-wise (its curvature
+history mixes every coordinate), so it runs as :class:`~invgrad.lbfgs.BatchedLBFGS`: one history and stopping state
+per (experiment, restart), vectorised. Groups are sized to fit the device's memory (:func:`tile`).
 """
 
 from __future__ import annotations
