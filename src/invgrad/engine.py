@@ -208,10 +208,16 @@ def initial_label_logits(experiments: int, shape: Sequence[int], seed: int) -> t
     )
 
 
+def _fusable(tensors) -> bool:
+    """torch's fused Adam (one kernel per step; a third of the step's time on the CPU) where it exists: floating
+    tensors on CPU or CUDA. Its arithmetic equals the unfused step up to float rounding."""
+    return all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+
+
 def _make_optimizer(cfg: dict, x: torch.Tensor, *extra: torch.Tensor) -> torch.optim.Optimizer:
     tensors = [x, *extra]
     factories = {
-        "adam": lambda: torch.optim.Adam(tensors, lr=cfg["lr"]),
+        "adam": lambda: torch.optim.Adam(tensors, lr=cfg["lr"], fused=_fusable(tensors)),
         "sgd": lambda: torch.optim.SGD(tensors, lr=cfg["lr"], momentum=0.9, nesterov=True),
         "lbfgs": lambda: BatchedLBFGS(tensors, lr=cfg["lr"], batch_dims=2),  # per (experiment, restart)
     }
