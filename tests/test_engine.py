@@ -294,3 +294,14 @@ def test_prepared_distance_per_tensor_equals_the_concatenated_one(monkeypatch):
         split = prepared_distance(name, target, w, lead=2)(trial)
         monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 1_000_000)
         assert torch.allclose(joined, split, rtol=1e-5)
+
+
+def test_state_saved_under_another_tiling_is_not_restored_into_the_wrong_group():
+    state = engine.ResumeState(None, "key", 1)
+    state.groups = {0: {"span": [0, 1, 0, 2], "iteration": 7}}
+    x = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.SGD([x], lr=0.1)
+    assert state.restore(engine.GroupKey(0, (0, 3, 0, 2)), [x], optimizer, None) == (0, {})  # other tiling
+    state.groups[0].update(variables=[torch.ones(2)], optimizer=optimizer.state_dict(), scheduler=None)
+    assert state.restore(engine.GroupKey(0, (0, 1, 0, 2)), [x], optimizer, None)[0] == 7
+    assert torch.equal(x.detach(), torch.ones(2))

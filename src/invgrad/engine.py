@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -375,7 +376,7 @@ class Engine:
                         self._group_gradients(e_slice, r_slice, targets, labels, weights, learn_labels),
                         bar,
                         resume,
-                        f"{e_slice.start}:{e_slice.stop},{r_slice.start}:{r_slice.stop}",
+                        GroupKey(e_slice.start * restarts + r_slice.start, _span(e_slice, r_slice)),
                         keep,
                     )
                     with torch.no_grad():
@@ -533,7 +534,7 @@ class Engine:
         return max(1, int(limit // max(per_candidate, 1)))
 
     def _optimise(
-        self, starts, gradients, bar, resume: ResumeState, group: int, keep: Sequence[int] = ()
+        self, starts, gradients, bar, resume: ResumeState, group: GroupKey, keep: Sequence[int] = ()
     ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
         """The paper's loop over the first variable (the images; boxed, filtered) and any extra ones (label
         logits): (signed) gradients, optimizer step, schedule step, box projection, median filter. Returns the
@@ -582,6 +583,28 @@ def fingerprint(cfg: dict, seed: int, targets, labels, starts) -> str:
     return digest.hexdigest()
 
 
+class GroupKey(NamedTuple):
+    """A group's key in the state file: the flat index of its first candidate (0 for a single group), and its
+    span (experiments, restarts), so a state saved under another tiling is never restored into the wrong group."""
+
+    index: int
+    span: tuple[int, int, int, int] | None
+
+
+def _span(e_slice: slice, r_slice: slice) -> tuple[int, int, int, int]:
+    return (e_slice.start, e_slice.stop, r_slice.start, r_slice.stop)
+
+
+def _key(group) -> GroupKey:
+    """A GroupKey, or a bare index (span unknown: never checked)."""
+    return group if isinstance(group, GroupKey) else GroupKey(int(group), None)
+
+
+def _key_span(saved: dict, group: GroupKey):
+    span = saved.get("span")
+    return group.span if span is None or group.span is None else tuple(span)
+
+
 class ResumeState:
     """Periodic, crash-safe snapshots of every restart group's optimisation state, and resuming from them.
 
@@ -601,9 +624,12 @@ class ResumeState:
                 )
             self.groups = saved["groups"]
 
-    def restore(self, group: int, variables, optimizer, scheduler) -> tuple[int, dict[int, torch.Tensor]]:
-        saved = self.groups.get(group)
-        if saved is None:
+    def restore(self, group, variables, optimizer, scheduler) -> tuple[int, dict[int, torch.Tensor]]:
+        group = _key(group)
+        saved = self.groups.get(group.index)
+        if (
+            saved is None or _key_span(saved, group) != group.span
+        ):  # saved under another tiling: redo the group
             return 0, {}
         with torch.no_grad():
             for variable, value in zip(variables, saved["variables"], strict=True):
@@ -616,7 +642,9 @@ class ResumeState:
     def checkpoint(self, group, iteration, variables, optimizer, scheduler, kept=None, force=False) -> None:
         if self.path is None or not (force or iteration % self.every == 0):
             return
-        self.groups[group] = {
+        group = _key(group)
+        self.groups[group.index] = {
+            "span": list(group.span) if group.span is not None else None,
             "iteration": iteration,
             "variables": [v.detach().clone() for v in variables],
             "optimizer": optimizer.state_dict(),
