@@ -82,9 +82,9 @@ def workloads(args) -> list[Workload]:
     ]
     if args.resnet:
         table += [
-            Workload("resnet20", "ResNet20, 8 imgs (8 users)", "ResNet20", "ours", 8, 1, 1, "≥ 2.5×", 10),
+            Workload("resnet20", "ResNet20, 8 imgs (8 users)", "ResNet20", "ours", 8, 1, 1, "≥ 2.5×", 30),
             Workload(
-                "resnet20-4", "ResNet20-4, 4 imgs (4 users)", "ResNet20-4", "ours", 4, 1, 1, "≥ 1.3×", 3
+                "resnet20-4", "ResNet20-4, 4 imgs (4 users)", "ResNet20-4", "ours", 4, 1, 1, "≥ 1.3×", 10
             ),
         ]
     return [w for w in table if not args.only or w.key in args.only]

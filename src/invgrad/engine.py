@@ -371,18 +371,22 @@ class Engine:
                 e_slice, r_slice = groups.popleft()
                 group = [v[e_slice, r_slice] for v in starts]
                 try:
+                    evaluate = self._group_gradients(e_slice, r_slice, targets, labels, weights, learn_labels)
                     results, kept = self._optimise(
                         group,
-                        self._group_gradients(e_slice, r_slice, targets, labels, weights, learn_labels),
+                        evaluate,
                         bar,
                         resume,
                         GroupKey(e_slice.start * restarts + r_slice.start, _span(e_slice, r_slice)),
                         keep,
                     )
-                    with torch.no_grad():
-                        rec[e_slice, r_slice], tv[e_slice, r_slice] = self._final_values(
-                            results, [t[e_slice] for t in targets], labels[e_slice], weights[e_slice]
-                        )
+                    if getattr(evaluate, "values", None) is not None:  # the group's own (plain) path
+                        rec[e_slice, r_slice], tv[e_slice, r_slice] = evaluate.values(results)
+                    else:
+                        with torch.no_grad():
+                            rec[e_slice, r_slice], tv[e_slice, r_slice] = self._final_values(
+                                results, [t[e_slice] for t in targets], labels[e_slice], weights[e_slice]
+                            )
                 except torch.OutOfMemoryError as error:
                     halves = split_group(e_slice, r_slice)
                     if halves is None:
@@ -449,7 +453,8 @@ class Engine:
         tv_weight = cfg["total_variation"]
         backend = None
 
-        def evaluate(variables):
+        def evaluate(variables, values=False):
+            """(gradients, per-candidate losses with TV); with ``values``: (objective without TV, TV)."""
             nonlocal backend
             leaves = [v.detach().requires_grad_(True) for v in variables]
             x = leaves[0]  # [E, R, K, C, H, W]
@@ -464,14 +469,16 @@ class Engine:
                 soft = labels[:, None].expand(e, r, k).reshape(e * r, k)
             else:
                 soft = torch.softmax(leaves[1], dim=-1).reshape(e * r, k, -1)
-            with convolution_backend(backend):
+            with convolution_backend(backend), torch.enable_grad():
                 trial = [g.reshape(e, r, *g.shape[1:]) for g in per_candidate(flat_x, soft)]
-                total = distance(trial)
-                if tv_weight:
-                    total = total + tv_weight * candidate_total_variation(x)
+                rec = distance(trial)
+                if values:
+                    return rec.detach(), candidate_total_variation(x).detach()
+                total = rec + tv_weight * candidate_total_variation(x) if tv_weight else rec
                 grads = torch.autograd.grad(total.sum(), leaves)
             return list(grads), total.detach()
 
+        evaluate.values = lambda variables: evaluate(variables, values=True)
         return evaluate
 
     def _plain_gradients(self, targets, labels, weights, learn_labels) -> Callable:
@@ -491,19 +498,23 @@ class Engine:
         y, tv_weight = labels[0], cfg["total_variation"]
         backend = None
 
-        def evaluate(variables):
+        def evaluate(variables, values=False):
+            """(gradients, loss with TV); with ``values``: (objective without TV, TV), each [1, 1]."""
             nonlocal backend
             leaves = [v.detach()[0, 0].requires_grad_(True) for v in variables]
             x = leaves[0]
             if backend is None:  # decided once per attack, from the candidate's shape
                 backend = x.device.type != "cpu" or convolution_macs(self.model, x) >= ONEDNN_MIN_MACS
             soft = y if learn_labels is None else torch.softmax(leaves[1], dim=-1)
-            with convolution_backend(backend):
+            with convolution_backend(backend), torch.enable_grad():
                 rec = distance(simulate(x, soft))
+                if values:
+                    return rec.detach().reshape(1, 1), total_variation(x).detach().reshape(1, 1)
                 total = rec + tv_weight * total_variation(x) if tv_weight else rec
                 grads = torch.autograd.grad(total, leaves)
             return [g[None, None] for g in grads], total.detach().reshape(1, 1)  # with TV, as _gradients
 
+        evaluate.values = lambda variables: evaluate(variables, values=True)
         return evaluate
 
     def _group_gradients(self, e_slice, r_slice, targets, labels, weights, learn_labels) -> Callable:
