@@ -63,7 +63,7 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores all --report figures/report.html
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py --threads 1  # 2 threads on 2 shared cores time erratically
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache results/cli figures/demo

@@ -66,6 +66,42 @@ def invert_ours(model, target, labels, dm, ds, x0, iterations: int, tv: float, l
     return x.detach(), _final_loss(cosine_loss, model, x, labels, target)
 
 
+def unrolled_update(model, x, labels, steps: int, local_lr: float) -> list[torch.Tensor]:
+    """FedAvg's Δθ after ``steps`` full-batch SGD steps, kept on the tape (create_graph) so that it can be
+    differentiated w.r.t. the images: the textbook unrolling, with torch.func.functional_call only to run the
+    module at the updated parameters."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    start = [p for p in model.parameters() if p.requires_grad]
+    current = list(start)
+    for _ in range(steps):
+        logits = torch.func.functional_call(model, dict(zip(names, current, strict=True)), (x,))
+        grads = torch.autograd.grad(F.cross_entropy(logits, labels), current, create_graph=True)
+        current = [p - local_lr * g for p, g in zip(current, grads, strict=True)]
+    return [c - s for c, s in zip(current, start, strict=True)]
+
+
+def invert_fedavg(model, target, labels, dm, ds, x0, iterations, tv, steps, local_lr, lr: float = 0.1):
+    """One restart of the FedAvg attack: the 'ours' loop with the unrolled update in place of the gradient."""
+    x = x0.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    milestones = [int(iterations // d) for d in (2.667, 1.6, 1.142)]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    lower, upper = -dm / ds, (1 - dm) / ds
+    for _ in range(iterations):
+        optimizer.zero_grad()
+        loss = cosine_loss(unrolled_update(model, x, labels, steps, local_lr), target) + tv * total_variation(
+            x
+        )
+        (x.grad,) = torch.autograd.grad(loss, x)
+        x.grad.sign_()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            x.data = torch.max(torch.min(x, upper), lower)
+    final = cosine_loss(unrolled_update(model, x.detach(), labels, steps, local_lr), target)
+    return x.detach(), float(final.detach())
+
+
 def invert_dlg(model, target, labels, x0, steps: int):
     """One restart of DLG: ``steps`` calls of LBFGS.step (each up to 20 iterations); (candidate, L2 loss)."""
     x = x0.clone().requires_grad_(True)
@@ -90,7 +126,8 @@ def _final_loss(distance, model, x, labels, target) -> float:
 def attack(model, updates, labels, dm, ds, cfg: dict, restarts: int, seed: int, shape=(3, 32, 32)):
     """Loop over experiments (one update each) and restarts; the restart with the lowest loss is returned.
 
-    cfg: ``{"kind": "ours", "iterations": N, "tv": w}`` or ``{"kind": "zhu", "steps": N}``. Images [E, K, C, H, W].
+    cfg: ``{"kind": "ours", "iterations": N, "tv": w}``, ``{"kind": "zhu", "steps": N}`` or ``{"kind": "fedavg",
+    "iterations": N, "tv": w, "steps": n, "lr": τ}``. Images [E, K, C, H, W].
     """
     model.eval()
     chosen = []
@@ -100,6 +137,12 @@ def attack(model, updates, labels, dm, ds, cfg: dict, restarts: int, seed: int, 
         for r in range(restarts):
             if cfg["kind"] == "ours":
                 runs.append(invert_ours(model, target, y, dm, ds, x0[r], cfg["iterations"], cfg["tv"]))
+            elif cfg["kind"] == "fedavg":
+                runs.append(
+                    invert_fedavg(
+                        model, target, y, dm, ds, x0[r], cfg["iterations"], cfg["tv"], cfg["steps"], cfg["lr"]
+                    )
+                )
             else:
                 runs.append(invert_dlg(model, target, y, x0[r], cfg["steps"]))
         losses = torch.tensor([loss for _, loss in runs]).nan_to_num(nan=float("inf"))

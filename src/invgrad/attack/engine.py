@@ -1,12 +1,18 @@
-"""The batched reconstruction engine: all restarts of all experiments optimised as one vectorised problem.
+"""The batched reconstruction engine: all restarts of all experiments optimised together.
 
 Each restart is an independent candidate batch ``x_r`` of K images. Its objective needs the *parameter*
 gradient of the candidate (a per-restart gradient), then the gradient of the distance w.r.t. ``x_r``: a
-second-order quantity. ``torch.func`` gives both per restart with ``vmap(grad_and_value(...))`` over restarts
-(inner) and experiments (outer), so R restarts × E experiments cost one batched forward/backward instead of
-R·E Python-level ones. Adam and SGD act element-wise, so one optimizer over the stacked tensor is exactly R·E
-independent optimizers. L-BFGS is not element-wise (its curvature history mixes every coordinate), so it runs as
-:class:`~invgrad.lbfgs.BatchedLBFGS`: one history and stopping state per (experiment, restart), vectorised.
+second-order quantity. A group of candidates is evaluated one of three ways (:meth:`Engine._path`):
+
+* one candidate: plain autograd on the model (``create_graph``), no torch.func — the single-image default;
+* many: one plain autograd graph for all, each candidate's parameter gradient assembled from the layer signals
+  (:mod:`invgrad.attack.persample`) — for FedSGD simulators, the ``sim``/``l2`` objectives and Conv/Linear/BN models;
+* otherwise ``vmap(grad_and_value(...))`` over restarts (inner) and experiments (outer) with ``torch.func``.
+
+All three compute the same mathematics; they differ at float rounding only. Adam and SGD act element-wise, so one
+optimizer over the stacked tensor is exactly R·E independent optimizers. L-BFGS is not element-wise (its curvature
+history mixes every coordinate), so it runs as :class:`~invgrad.attack.lbfgs.BatchedLBFGS`: one history and stopping state
+per (experiment, restart), vectorised. Groups are sized to fit the device's memory (:func:`tile`).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +36,8 @@ from ..config import lr_milestones
 from ..io import load_tensors, save_tensors
 from ..user.loss import training_loss  # the one definition shared with the user
 from .lbfgs import BatchedLBFGS
-from .objectives import OBJECTIVES, total_variation
+from .objectives import OBJECTIVES, candidate_total_variation, prepared_distance, total_variation
+from .persample import candidate_gradients, supports
 
 # simulate(params, buffers, x [K,C,H,W], labels [K] or [K, classes]) -> the shared update, one tensor per parameter
 MEDIAN_FILTER_EVERY = 500  # iterations between 3×3 median filter passes (the official code's inversefed/reconstruction_algorithms.py)
@@ -54,7 +63,81 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
         g = grad(loss)(params)
         return [g[n] for n in params]
 
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def plain(x, labels):
+        """The same update with plain autograd on the model itself (one candidate: no vmap to pay for)."""
+        loss = training_loss(model(x), labels)
+        return list(torch.autograd.grad(loss, trainable, create_graph=True))
+
+    def per_candidate(x, labels):
+        """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape], one plain autograd graph (no vmap).
+        Σ over candidates of each one's mean cross-entropy (training_loss) is the summed CE over K."""
+        k = x.shape[1]
+        return candidate_gradients(
+            model, x, labels, lambda logits, y: F.cross_entropy(logits, y, reduction="sum") / k
+        )
+
+    simulate.plain = plain
+    simulate.per_candidate = per_candidate
     return simulate
+
+
+def plain_unrolled_update(
+    model: torch.nn.Module, local_lr: float, slices_of: Callable[[int], list[slice]]
+) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+    """A ``plain`` form (one candidate, ordinary autograd) of an unrolled FedAvg simulator: Δθ after SGD steps on
+    the images ``slices_of(K)`` selects per step, each gradient taken with create_graph so that Δθ stays
+    differentiable w.r.t. the images. Attach it as ``simulate.plain`` to let the engine skip torch.func."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def plain(x, labels):
+        current = list(trainable)
+        for part in slices_of(x.shape[0]):
+            logits = functional_call(model, dict(zip(names, current, strict=True)), (x[part],))
+            grads = torch.autograd.grad(training_loss(logits, labels[part]), current, create_graph=True)
+            current = [p - local_lr * g for p, g in zip(current, grads, strict=True)]
+        return [c - p for c, p in zip(current, trainable, strict=True)]
+
+    return plain
+
+
+# Below this many multiply-adds per evaluation, ATen's own im2col convolution beat oneDNN's on the 2-core CPU
+# (LeNetZhu, one image: 0.69 M MACs, one evaluation 1.42 ms vs 2.30 ms); above it oneDNN wins by far (ResNet20,
+# 8 images: 96 ms vs 206 ms). A fixed threshold, not a timing probe, so the choice (and with it the float
+# rounding) is the same on every run.
+ONEDNN_MIN_MACS = 2_000_000
+
+
+def convolution_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of the model's convolutions for the input ``x`` (one no-grad forward pass)."""
+    total = 0
+
+    def count(module, _inputs, output):
+        nonlocal total
+        total += output.numel() * module.weight[0].numel()
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    handles = [m.register_forward_hook(count) for m in convs]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+@contextmanager
+def convolution_backend(use_onednn: bool):
+    """oneDNN (mkldnn) convolutions on or off for the block; the previous setting is restored."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = use_onednn
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 @dataclass
@@ -126,14 +209,71 @@ def initial_label_logits(experiments: int, shape: Sequence[int], seed: int) -> t
     )
 
 
+def _fusable(tensors) -> bool:
+    """torch's fused Adam (one kernel per step; a third of the step's time on the CPU) where it exists: floating
+    tensors on CPU or CUDA. Its arithmetic equals the unfused step up to float rounding."""
+    return all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+
+
 def _make_optimizer(cfg: dict, x: torch.Tensor, *extra: torch.Tensor) -> torch.optim.Optimizer:
     tensors = [x, *extra]
     factories = {
-        "adam": lambda: torch.optim.Adam(tensors, lr=cfg["lr"]),
+        "adam": lambda: torch.optim.Adam(tensors, lr=cfg["lr"], fused=_fusable(tensors)),
         "sgd": lambda: torch.optim.SGD(tensors, lr=cfg["lr"], momentum=0.9, nesterov=True),
         "lbfgs": lambda: BatchedLBFGS(tensors, lr=cfg["lr"], batch_dims=2),  # per (experiment, restart)
     }
     return factories[cfg["optim"]]()
+
+
+MEMORY_SAFETY = 3.0  # bytes autograd saves per candidate × this = what a candidate is assumed to need
+
+
+def device_free_memory(device: torch.device) -> int | None:
+    """Bytes a group of candidates may use: the free memory of a CUDA device; None (no limit) elsewhere."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def saved_bytes(evaluate: Callable, variables: list[torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves during one evaluation (the bulk of its peak memory)."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        evaluate(variables)
+    return total
+
+
+def tile(
+    experiments: int, restarts: int, restart_chunk: int | None, largest: int | None
+) -> list[tuple[slice, slice]]:
+    """(experiments, restarts) tiles of at most ``largest`` candidates (None: any), restarts at most
+    ``restart_chunk`` at a time: all restarts of as many experiments as fit, else fewer restarts of one."""
+    per_row = min(restarts, max(1, restart_chunk) if restart_chunk else restarts, largest or restarts)
+    rows = max(1, (largest or experiments * per_row) // per_row)
+    return [
+        (slice(e, min(e + rows, experiments)), slice(r, min(r + per_row, restarts)))
+        for e in range(0, experiments, rows)
+        for r in range(0, restarts, per_row)
+    ]
+
+
+def split_group(e_slice: slice, r_slice: slice) -> list[tuple[slice, slice]] | None:
+    """Two halves of a group that did not fit (experiments first); None for a single candidate."""
+    (e0, e1), (r0, r1) = (e_slice.start, e_slice.stop), (r_slice.start, r_slice.stop)
+    if e1 - e0 > 1:
+        mid = (e0 + e1) // 2
+        return [(slice(e0, mid), r_slice), (slice(mid, e1), r_slice)]
+    if r1 - r0 > 1:
+        mid = (r0 + r1) // 2
+        return [(e_slice, slice(r0, mid)), (e_slice, slice(mid, r1))]
+    return None
 
 
 class Engine:
@@ -182,6 +322,7 @@ class Engine:
         state_path: str | Path | None = None,
         save_every: int = 500,
         snapshot_at: Sequence[int] = (),
+        memory_limit: int | None = None,
     ) -> EngineResult:
         """targets: one tensor per parameter with a leading experiment axis E; labels [E, K]; weights [E, L].
 
@@ -195,6 +336,11 @@ class Engine:
 
         ``snapshot_at``: iterations (1-based counts) after which the image iterates of every restart are kept;
         they come back in ``EngineResult.snapshots``.
+
+        ``memory_limit``: bytes a group of candidates may use (default: the free memory of a CUDA device, no limit
+        on CPU). Restarts × experiments are cut into groups that fit (per-candidate need measured by
+        :func:`saved_bytes`); a group that still runs out of memory is split in half and redone. Groups change a
+        result only at float rounding (different batch shapes), never otherwise.
         """
         cfg = self.cfg
         experiments, restarts = labels.shape[0], cfg["restarts"]
@@ -210,28 +356,53 @@ class Engine:
         finals = [torch.empty_like(v) for v in starts]
         keep = sorted({int(i) for i in snapshot_at if 0 < int(i) <= cfg["max_iterations"]})
         snapshots = {i: torch.empty_like(starts[0]) for i in keep}
-        groups = self._groups(experiments, restarts, restart_chunk)
         resume = ResumeState(state_path, fingerprint(cfg, seed, targets, labels, starts), save_every)
+        limit = memory_limit if memory_limit is not None else device_free_memory(like["device"])
+        with flushed_denormals():
+            largest = self._largest_group(limit, targets, labels, weights, learn_labels, starts)
+        groups = deque(tile(experiments, restarts, restart_chunk, largest))
+        rec, tv = (torch.empty(experiments, restarts, **like) for _ in range(2))
         start = time.perf_counter()
         bar = tqdm(
             total=len(groups) * cfg["max_iterations"], disable=not progress, desc="reconstruct", unit="it"
         )
         with bar, flushed_denormals():
-            for g, (e_slice, r_slice) in enumerate(groups):
-                group_targets = [t[e_slice] for t in targets]
-                gradients = self._gradients(group_targets, labels[e_slice], weights[e_slice], learn_labels)
-                results, kept = self._optimise(
-                    [v[e_slice, r_slice] for v in starts], gradients, bar, resume, g, keep
-                )
+            while groups:
+                e_slice, r_slice = groups.popleft()
+                group = [v[e_slice, r_slice] for v in starts]
+                try:
+                    evaluate = self._group_gradients(e_slice, r_slice, targets, labels, weights, learn_labels)
+                    results, kept = self._optimise(
+                        group,
+                        evaluate,
+                        bar,
+                        resume,
+                        GroupKey(e_slice.start * restarts + r_slice.start, _span(e_slice, r_slice)),
+                        keep,
+                    )
+                    if getattr(evaluate, "values", None) is not None:  # the group's own (plain) path
+                        rec[e_slice, r_slice], tv[e_slice, r_slice] = evaluate.values(results)
+                    else:
+                        with torch.no_grad():
+                            rec[e_slice, r_slice], tv[e_slice, r_slice] = self._final_values(
+                                results, [t[e_slice] for t in targets], labels[e_slice], weights[e_slice]
+                            )
+                except torch.OutOfMemoryError as error:
+                    halves = split_group(e_slice, r_slice)
+                    if halves is None:
+                        raise torch.OutOfMemoryError(
+                            f"one candidate ({num_images} image(s) of shape {tuple(img_shape)}) does not fit in "
+                            f"the memory of {like['device']}: fewer images per attack, or a larger device"
+                        ) from error
+                    if like["device"].type == "cuda":
+                        torch.cuda.empty_cache()
+                    groups.extendleft(reversed(halves))
+                    bar.total += cfg["max_iterations"]
+                    continue
                 for final, result in zip(finals, results, strict=True):
                     final[e_slice, r_slice] = result
                 for iteration, image in kept.items():
                     snapshots[iteration][e_slice, r_slice] = image
-        with torch.no_grad(), flushed_denormals():
-            if learn_labels is None:
-                _, (rec, tv) = self._value(finals[0], targets, labels, weights)
-            else:
-                _, (rec, tv) = self._value_soft(finals[0], finals[1], targets, weights)
         resume.finish()
         return EngineResult(
             finals[0],
@@ -259,14 +430,122 @@ class Engine:
 
         return images_and_labels
 
-    def _groups(self, experiments: int, restarts: int, chunk: int | None) -> list[tuple[slice, slice]]:
-        chunk = restarts if chunk is None else max(1, chunk)
-        return [
-            (slice(0, experiments), slice(r, min(r + chunk, restarts))) for r in range(0, restarts, chunk)
-        ]
+    def _path(self, candidates: int) -> Callable:
+        """How a group of candidates is evaluated: plain autograd for one, one plain graph with per-candidate
+        gradients for many when the simulator, model and objective allow it (see :mod:`invgrad.attack.persample`),
+        else vmap over torch.func."""
+        if candidates == 1:
+            return self._plain_gradients
+        expandable = (
+            getattr(self.simulate, "per_candidate", None) is not None
+            and self.cfg["cost_fn"] in ("sim", "l2")
+            and supports(self.model)
+        )
+        return self._expanded_gradients if expandable else self._gradients
+
+    def _expanded_gradients(self, targets, labels, weights, learn_labels) -> Callable:
+        """:meth:`_gradients` for E × R candidates without vmap: one forward/backward of all E·R·K images with
+        per-candidate parameter gradients (:func:`invgrad.attack.persample.candidate_gradients`); equal to the vmap path
+        up to float rounding."""
+        cfg = self.cfg
+        per_candidate = self.simulate.per_candidate
+        distance = prepared_distance(cfg["cost_fn"], [t[:, None] for t in targets], weights[:, None], lead=2)
+        tv_weight = cfg["total_variation"]
+        backend = None
+
+        def evaluate(variables, values=False):
+            """(gradients, per-candidate losses with TV); with ``values``: (objective without TV, TV)."""
+            nonlocal backend
+            leaves = [v.detach().requires_grad_(True) for v in variables]
+            x = leaves[0]  # [E, R, K, C, H, W]
+            e, r, k = x.shape[:3]
+            flat_x = x.reshape(e * r, *x.shape[2:])
+            if backend is None:  # decided once per group, from the batch's shape
+                backend = (
+                    x.device.type != "cpu"
+                    or convolution_macs(self.model, flat_x[:, 0]) * k >= ONEDNN_MIN_MACS
+                )
+            if learn_labels is None:
+                soft = labels[:, None].expand(e, r, k).reshape(e * r, k)
+            else:
+                soft = torch.softmax(leaves[1], dim=-1).reshape(e * r, k, -1)
+            with convolution_backend(backend), torch.enable_grad():
+                trial = [g.reshape(e, r, *g.shape[1:]) for g in per_candidate(flat_x, soft)]
+                rec = distance(trial)
+                if values:
+                    return rec.detach(), candidate_total_variation(x).detach()
+                total = rec + tv_weight * candidate_total_variation(x) if tv_weight else rec
+                grads = torch.autograd.grad(total.sum(), leaves)
+            return list(grads), total.detach()
+
+        evaluate.values = lambda variables: evaluate(variables, values=True)
+        return evaluate
+
+    def _plain_gradients(self, targets, labels, weights, learn_labels) -> Callable:
+        """The same as :meth:`_gradients` for a group of one candidate, with plain autograd: no vmap, no
+        functional_call, the target's share of the objective precomputed, and ATen's convolutions where they are
+        faster (small models, see ``ONEDNN_MIN_MACS``). Equal to the batched path up to float rounding only.
+        Simulators without a ``plain`` form (FedAvg's) run functionally, still without vmap."""
+        cfg = self.cfg
+        functional = self.simulate
+        simulate = getattr(functional, "plain", None) or (
+            lambda x, lab: functional(self.params, self.buffers, x, lab)
+        )
+        target, w = [t[0] for t in targets], weights[0]
+        distance = prepared_distance(cfg["cost_fn"], target, w) or (
+            lambda trial: self.distance(trial, target, w)
+        )
+        y, tv_weight = labels[0], cfg["total_variation"]
+        backend = None
+
+        def evaluate(variables, values=False):
+            """(gradients, loss with TV); with ``values``: (objective without TV, TV), each [1, 1]."""
+            nonlocal backend
+            leaves = [v.detach()[0, 0].requires_grad_(True) for v in variables]
+            x = leaves[0]
+            if backend is None:  # decided once per attack, from the candidate's shape
+                backend = x.device.type != "cpu" or convolution_macs(self.model, x) >= ONEDNN_MIN_MACS
+            soft = y if learn_labels is None else torch.softmax(leaves[1], dim=-1)
+            with convolution_backend(backend), torch.enable_grad():
+                rec = distance(simulate(x, soft))
+                if values:
+                    return rec.detach().reshape(1, 1), total_variation(x).detach().reshape(1, 1)
+                total = rec + tv_weight * total_variation(x) if tv_weight else rec
+                grads = torch.autograd.grad(total, leaves)
+            return [g[None, None] for g in grads], total.detach().reshape(1, 1)  # with TV, as _gradients
+
+        evaluate.values = lambda variables: evaluate(variables, values=True)
+        return evaluate
+
+    def _group_gradients(self, e_slice, r_slice, targets, labels, weights, learn_labels) -> Callable:
+        make = self._path((e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start))
+        return make([t[e_slice] for t in targets], labels[e_slice], weights[e_slice], learn_labels)
+
+    def _final_values(self, results, targets, labels, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objective without TV and TV of a group's final iterates, [E_g, R_g]."""
+        if len(results) == 1:
+            _, (rec, tv) = self._value(results[0], targets, labels, weights)
+        else:
+            _, (rec, tv) = self._value_soft(results[0], results[1], targets, weights)
+        return rec.detach(), tv.detach()
+
+    def _largest_group(self, limit, targets, labels, weights, learn_labels, starts) -> int | None:
+        """How many candidates one group may hold within ``limit`` bytes (None: no limit). The bytes a candidate
+        needs are measured: what autograd saves for one evaluation of two candidates (halved), times
+        ``MEMORY_SAFETY`` for workspaces and temporaries."""
+        experiments, restarts = starts[0].shape[:2]
+        if limit is None or experiments * restarts == 1:
+            return None
+        pair = (slice(0, 1), slice(0, 2)) if restarts > 1 else (slice(0, 2), slice(0, 1))
+        try:
+            evaluate = self._group_gradients(*pair, targets, labels, weights, learn_labels)
+            per_candidate = saved_bytes(evaluate, [v[pair] for v in starts]) / 2 * MEMORY_SAFETY
+        except torch.OutOfMemoryError:
+            return 1
+        return max(1, int(limit // max(per_candidate, 1)))
 
     def _optimise(
-        self, starts, gradients, bar, resume: ResumeState, group: int, keep: Sequence[int] = ()
+        self, starts, gradients, bar, resume: ResumeState, group: GroupKey, keep: Sequence[int] = ()
     ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
         """The paper's loop over the first variable (the images; boxed, filtered) and any extra ones (label
         logits): (signed) gradients, optimizer step, schedule step, box projection, median filter. Returns the
@@ -315,6 +594,28 @@ def fingerprint(cfg: dict, seed: int, targets, labels, starts) -> str:
     return digest.hexdigest()
 
 
+class GroupKey(NamedTuple):
+    """A group's key in the state file: the flat index of its first candidate (0 for a single group), and its
+    span (experiments, restarts), so a state saved under another tiling is never restored into the wrong group."""
+
+    index: int
+    span: tuple[int, int, int, int] | None
+
+
+def _span(e_slice: slice, r_slice: slice) -> tuple[int, int, int, int]:
+    return (e_slice.start, e_slice.stop, r_slice.start, r_slice.stop)
+
+
+def _key(group) -> GroupKey:
+    """A GroupKey, or a bare index (span unknown: never checked)."""
+    return group if isinstance(group, GroupKey) else GroupKey(int(group), None)
+
+
+def _key_span(saved: dict, group: GroupKey):
+    span = saved.get("span")
+    return group.span if span is None or group.span is None else tuple(span)
+
+
 class ResumeState:
     """Periodic, crash-safe snapshots of every restart group's optimisation state, and resuming from them.
 
@@ -334,9 +635,12 @@ class ResumeState:
                 )
             self.groups = saved["groups"]
 
-    def restore(self, group: int, variables, optimizer, scheduler) -> tuple[int, dict[int, torch.Tensor]]:
-        saved = self.groups.get(group)
-        if saved is None:
+    def restore(self, group, variables, optimizer, scheduler) -> tuple[int, dict[int, torch.Tensor]]:
+        group = _key(group)
+        saved = self.groups.get(group.index)
+        if (
+            saved is None or _key_span(saved, group) != group.span
+        ):  # saved under another tiling: redo the group
             return 0, {}
         with torch.no_grad():
             for variable, value in zip(variables, saved["variables"], strict=True):
@@ -349,7 +653,9 @@ class ResumeState:
     def checkpoint(self, group, iteration, variables, optimizer, scheduler, kept=None, force=False) -> None:
         if self.path is None or not (force or iteration % self.every == 0):
             return
-        self.groups[group] = {
+        group = _key(group)
+        self.groups[group.index] = {
+            "span": list(group.span) if group.span is not None else None,
             "iteration": iteration,
             "variables": [v.detach().clone() for v in variables],
             "optimizer": optimizer.state_dict(),

@@ -71,6 +71,9 @@ class GradientReconstructor:
         def defended(params, buffers, x, labels):
             return simulate_defense(defense, simulate(params, buffers, x, labels))
 
+        plain = getattr(simulate, "plain", None)
+        if plain is not None:  # the engine's one-candidate path, defended alike
+            defended.plain = lambda x, labels: simulate_defense(defense, plain(x, labels))
         return defended
 
     def _label_evidence(self, update: Update) -> list[torch.Tensor]:
@@ -101,10 +104,17 @@ class GradientReconstructor:
         restart_chunk: int | None = None,
         state_path: str | Path | None = None,
         save_every: int = 500,
+        memory_limit: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         many_labels = labels if labels is None or isinstance(labels, str) else [labels]
         images, stats = self.reconstruct_many(
-            [input_gradient], many_labels, img_shape, restart_chunk, state_path, save_every
+            [input_gradient],
+            many_labels,
+            img_shape,
+            restart_chunk,
+            state_path,
+            save_every,
+            memory_limit=memory_limit,
         )
         single = {key: (value[0] if key in _PER_EXPERIMENT else value) for key, value in stats.items()}
         return images[0], single
@@ -118,6 +128,7 @@ class GradientReconstructor:
         state_path: str | Path | None = None,
         save_every: int = 500,
         snapshots: Sequence[int] = (),
+        memory_limit: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W].
 
@@ -125,6 +136,8 @@ class GradientReconstructor:
         exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success.
         ``snapshots``: iteration counts at which the chosen restart's iterate is also returned, in
         ``stats["snapshots"]`` ({iteration: images [E, K, C, H, W]}), e.g. ``engine.snapshot_iterations(n)``.
+        ``memory_limit``: bytes the batched candidates may use (default: a CUDA device's free memory; no limit on
+        CPU); restarts × updates are cut into groups that fit, and a group that runs out of memory is split.
 
         ``labels``: one label set per update (known labels), or a strategy for labels not granted — ``None`` /
         ``'idlg'`` (iDLG, one image), ``'last-layer'`` (K most negative last-layer row sums, unique labels) or
@@ -184,6 +197,7 @@ class GradientReconstructor:
                 state_path=state_path,
                 save_every=save_every,
                 snapshot_at=snapshots,
+                memory_limit=memory_limit,
             )
         finally:
             self.model.train(was_training)

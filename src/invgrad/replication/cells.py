@@ -6,7 +6,7 @@ so a number means the same thing in ``metrics.json`` and in ``results/<experimen
 
 Seeds: user ``first_user + j`` of a call draws its attack initialisation from ``attack_config["seed"] +
 first_user + j`` (the engine's rule) and its defense noise from ``seed + first_user + j``, so attacking users in
-one batch, in several, or one at a time never changes any user's result.
+one batch, in several, or one at a time changes no user's starting point or noise; the engine's batched and single evaluations differ only at float rounding.
 
 The attacker only ever receives the model, the shared update, the protocol's public parameters and (when granted)
 the labels; ground truth is used after the attack, for scoring.

@@ -1,0 +1,125 @@
+"""Per-candidate parameter gradients of many candidates from ONE plain autograd graph (no vmap).
+
+Candidates are independent (eval mode: BatchNorm uses running statistics), so the gradient of the summed loss
+w.r.t. each layer's *output* is, row by row, each candidate's own backpropagated signal δ. A layer's weight
+gradient is a contraction of δ with the layer's input (for a convolution, a convolution with one group per
+candidate), so summing that contraction over a candidate's images only gives every candidate its own ∇θ — exactly the quantity
+``torch.func.vmap(grad(...))`` computes, at a fraction of the cost on a CPU, and still twice differentiable
+(the engine differentiates the objective of these gradients w.r.t. the images with ordinary autograd).
+
+Supported: models whose trainable parameters all sit in ``nn.Conv2d`` (``groups=1``, zero padding),
+``nn.Linear`` and ``nn.BatchNorm2d`` (eval, with running statistics); everything else is parameter-free.
+:func:`supports` says whether a model qualifies; the engine falls back to ``vmap`` otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_ok(m: nn.Conv2d) -> bool:
+    return m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
+
+
+def _bn_ok(m: nn.BatchNorm2d) -> bool:
+    return not m.training and m.running_mean is not None and m.running_var is not None
+
+
+SUPPORTED = {nn.Conv2d: _conv_ok, nn.Linear: lambda m: True, nn.BatchNorm2d: _bn_ok}
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def supports(model: nn.Module) -> bool:
+    """True when every trainable parameter belongs to a supported layer (checked in the model's current mode)."""
+    for m in _layers(model):
+        check = SUPPORTED.get(type(m))
+        if check is None or not check(m):
+            return False
+    return True
+
+
+def _grouped(t: torch.Tensor, n: int) -> torch.Tensor:
+    """[N·K, C, H, W] -> [K, N·C, H, W]: each candidate a channel group (a view when K = 1)."""
+    k = t.shape[0] // n
+    return t.reshape(n, k, *t.shape[1:]).transpose(0, 1).reshape(k, n * t.shape[1], *t.shape[2:])
+
+
+def _conv(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """The weight gradient of a convolution with one group per candidate: ATen's own (twice differentiable)
+    convolution backward, summing over each candidate's K images; no im2col copies (10–40 % faster than
+    unfold + einsum on LeNetZhu × 8)."""
+    placeholder = m.weight.detach().repeat(n, 1, 1, 1)  # only its shape is used for the weight gradient
+    _, weight, _ = torch.ops.aten.convolution_backward(
+        _grouped(d, n),
+        _grouped(a, n),
+        placeholder,
+        None,
+        list(m.stride),
+        list(m.padding),
+        list(m.dilation),
+        False,
+        [0, 0],
+        n,
+        [False, True, False],
+    )
+    bias = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3]).sum((1, 3))
+    return {"weight": weight.reshape(n, *m.weight.shape), "bias": bias}
+
+
+def _linear(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    d, a = d.reshape(n, -1, d.shape[-1]), a.reshape(n, -1, a.shape[-1])
+    return {"weight": torch.einsum("nko,nki->noi", d, a), "bias": d.sum(1)}
+
+
+def _batchnorm(m: nn.BatchNorm2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """γ's gradient Σ d·(a − μ)/σ written as (Σ d·a − μ Σ d)/σ: one activation-sized product instead of
+    three (a tenth of ResNet20's evaluation went to such products)."""
+    d_sum = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3])
+    da = (d * a).reshape(d_sum.shape).sum((1, 3))
+    bias = d_sum.sum((1, 3))
+    weight = (da - m.running_mean * bias) * torch.rsqrt(m.running_var + m.eps)
+    return {"weight": weight, "bias": bias}
+
+
+RULES = {nn.Conv2d: _conv, nn.Linear: _linear, nn.BatchNorm2d: _batchnorm}
+
+
+def candidate_gradients(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, loss_of_sum
+) -> list[torch.Tensor]:
+    """∇θ of each candidate's training loss, stacked: one [N, *p.shape] tensor per trainable parameter, in
+    ``model.parameters()`` order. ``x`` [N, K, C, H, W]; ``labels`` [N, K] (or soft [N, K, classes]);
+    ``loss_of_sum(logits [N·K, classes], labels [N·K(, classes)])`` must be Σ over candidates of each one's
+    training loss (e.g. the summed cross-entropy divided by K). Differentiable w.r.t. ``x`` (create_graph)."""
+    n = x.shape[0]
+    layers = _layers(model)
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+
+    def keep(module, inputs, output):
+        calls.append((module, inputs[0], output))
+
+    handles = [m.register_forward_hook(keep) for m in layers]
+    try:
+        logits = model(x.reshape(-1, *x.shape[2:]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    loss = loss_of_sum(logits, labels.reshape(-1, *labels.shape[2:]))
+    signals = torch.autograd.grad(loss, [out for _, _, out in calls], create_graph=True)
+    per_param: dict[int, torch.Tensor] = {}
+    for (module, a, _), d in zip(calls, signals, strict=True):
+        for name, g in RULES[type(module)](module, a, d, n).items():
+            p = getattr(module, name)
+            if p is None or not p.requires_grad:
+                continue
+            key = id(p)  # a layer called twice (shared weights) adds up its calls
+            per_param[key] = per_param[key] + g if key in per_param else g
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        per_param[id(p)] if id(p) in per_param else torch.zeros(n, *p.shape, dtype=x.dtype, device=x.device)
+        for p in params
+    ]

@@ -1,0 +1,310 @@
+"""The engine's one-candidate plain-autograd path must compute what the batched torch.func path computes."""
+
+import pytest
+import torch
+
+from invgrad import GradientReconstructor, make_config, shared_gradient
+from invgrad.attack import engine
+from invgrad.attack.engine import Engine, convolution_backend, convolution_macs, gradient_simulator
+from invgrad.attack.objectives import OBJECTIVES, prepared_distance
+from invgrad.user import defenses
+
+
+def _engine(model, stats, **overrides):
+    cfg = make_config("ours", **{"max_iterations": 5, "seed": 3, "total_variation": 1e-2, **overrides})
+    dm, ds = (s.reshape(-1, 1, 1) for s in stats)
+    return Engine(model, gradient_simulator(model), cfg, dm, ds)
+
+
+@pytest.mark.parametrize("name", ["sim", "l2"])
+def test_prepared_distance_equals_the_objective(name):
+    gen = torch.Generator().manual_seed(0)
+    target = [torch.randn(2, 4, 3, generator=gen), torch.randn(2, 5, generator=gen)]
+    trial = [torch.randn(2, 3, 4, 3, generator=gen), torch.randn(2, 3, 5, generator=gen)]
+    for w in (torch.ones(2, 2), torch.tensor([[0.7, 0.2], [1.0, 0.5]])):
+        batched = prepared_distance(name, [t[:, None] for t in target], w[:, None], lead=2)(trial)
+        assert batched.shape == (2, 3)
+        for e in range(2):
+            one = prepared_distance(name, [t[e] for t in target], w[e])
+            for r in range(3):
+                expected = float(OBJECTIVES[name]([g[e, r] for g in trial], [t[e] for t in target], w[e]))
+                assert float(one([g[e, r] for g in trial])) == pytest.approx(expected, rel=1e-5)
+                assert float(batched[e, r]) == pytest.approx(expected, rel=1e-5)
+    assert prepared_distance("simlocal", target, w) is None  # no prepared form: the engine uses the objective
+
+
+@pytest.mark.parametrize("cost_fn", ["sim", "l2", "simlocal"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_plain_path_gradient_equals_the_batched_one(lenet, cifar_samples, cifar_stats, cost_fn, weighted):
+    """Weighted: autograd through the prepared objective; unweighted cosine: its hand-written gradient."""
+    images, labels = cifar_samples
+    update = shared_gradient(lenet, images[:1], labels[:1])
+    engine = _engine(lenet, cifar_stats, cost_fn=cost_fn)
+    targets = [t[None] for t in update]
+    weights = (torch.linspace(1, 0.3, len(update)) if weighted else torch.ones(len(update)))[None]
+    x = [torch.randn(1, 1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    (batched,), loss_b = engine._gradients(targets, labels[None, :1], weights, None)(x)
+    (plain,), loss_p = engine._plain_gradients(targets, labels[None, :1], weights, None)(x)
+    assert plain.shape == batched.shape and loss_p.shape == loss_b.shape == (1, 1)
+    assert torch.allclose(plain, batched, rtol=1e-4, atol=1e-4 * batched.abs().max())
+    assert float(loss_p) == pytest.approx(float(loss_b), rel=1e-5)
+
+
+def test_plain_path_learns_label_logits_like_the_batched_one(lenet, cifar_samples, cifar_stats):
+    images, labels = cifar_samples
+    update = shared_gradient(lenet, images[:1], labels[:1])
+    engine = _engine(lenet, cifar_stats, cost_fn="l2")
+    gen = torch.Generator().manual_seed(2)
+    x = [torch.randn(1, 1, 1, 3, 32, 32, generator=gen), torch.randn(1, 1, 1, 10, generator=gen)]
+    args = ([t[None] for t in update], labels[None, :1], torch.ones(1, len(update)), 10)
+    batched, _ = engine._gradients(*args)(x)
+    plain, _ = engine._plain_gradients(*args)(x)
+    for a, b in zip(plain, batched, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max())
+
+
+def test_defended_attack_keeps_the_defense_on_the_plain_path(lenet, cifar_samples, cifar_stats):
+    """A clipping-aware attacker simulates the clipped update on the one-candidate path too."""
+    images, labels = cifar_samples
+    defense = defenses.Defense(clip=0.01)
+    attacker = GradientReconstructor(
+        lenet, cifar_stats, make_config("ours", max_iterations=2), defense=defense
+    )
+    simulate = attacker._simulator()
+    clipped = simulate.plain(images[:1], labels[:1])
+    assert float(torch.sqrt(sum(t.pow(2).sum() for t in clipped))) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_convolution_backend_is_restored_and_macs_counted(lenet):
+    before = torch.backends.mkldnn.enabled
+    with convolution_backend(not before):
+        assert torch.backends.mkldnn.enabled is (not before)
+    assert torch.backends.mkldnn.enabled is before
+    # LeNetZhu on one 32×32 image: three convolutions of 12 output channels, 5×5 kernels
+    expected = 12 * 16 * 16 * 3 * 25 + 12 * 8 * 8 * 12 * 25 + 12 * 8 * 8 * 12 * 25
+    assert convolution_macs(lenet, torch.zeros(1, 3, 32, 32)) == expected
+
+
+def _grads(engine, path, update_sets, labels, weights, x, learn=None):
+    targets = [torch.stack(per) for per in zip(*update_sets, strict=True)]
+    return path(engine)(targets, labels, weights, learn)(x)
+
+
+@pytest.mark.parametrize("cost_fn", ["sim", "l2"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_expanded_path_equals_vmap_for_experiments_and_restarts(
+    lenet, cifar_samples, cifar_stats, cost_fn, weighted, monkeypatch
+):
+    """2 experiments × 3 restarts × 2 images: per-candidate gradients from one graph, no vmap; unweighted, the
+    cosine's hand-written gradient over per-tensor pieces (no concatenation) too."""
+    from invgrad.attack import objectives
+
+    if not weighted:
+        monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 100)
+    images, labels = cifar_samples
+    updates = [shared_gradient(lenet, images[i : i + 2], labels[i : i + 2]) for i in (0, 2)]
+    engine = _engine(lenet, cifar_stats, cost_fn=cost_fn)
+    assert engine._path(6) == engine._expanded_gradients
+    ones = torch.ones(len(updates[0]))
+    weights = torch.stack([torch.linspace(1, 0.3, len(updates[0])) if weighted else ones, ones])
+    x = [torch.randn(2, 3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    y = torch.stack([labels[0:2], labels[2:4]])
+    (batched,), loss_b = _grads(engine, lambda e: e._gradients, updates, y, weights, x)
+    (expanded,), loss_x = _grads(engine, lambda e: e._expanded_gradients, updates, y, weights, x)
+    assert loss_x.shape == loss_b.shape == (2, 3)
+    assert torch.allclose(loss_x, loss_b, rtol=1e-5)
+    assert torch.allclose(expanded, batched, rtol=1e-4, atol=1e-4 * batched.abs().max())
+
+
+def test_expanded_path_with_label_logits_and_batchnorm(cifar_samples, cifar_stats):
+    from invgrad.victim.models import build_model
+
+    model = build_model("ResNet20", num_classes=10, seed=0).eval()
+    images, labels = cifar_samples
+    update = shared_gradient(model, images[:1], labels[:1])
+    engine = _engine(model, cifar_stats, cost_fn="l2")
+    assert engine._path(2) == engine._expanded_gradients
+    gen = torch.Generator().manual_seed(2)
+    x = [torch.randn(1, 2, 1, 3, 32, 32, generator=gen), torch.randn(1, 2, 1, 10, generator=gen)]
+    w = torch.ones(1, len(update))
+    batched, _ = _grads(engine, lambda e: e._gradients, [update], labels[None, :1], w, x, 10)
+    expanded, _ = _grads(engine, lambda e: e._expanded_gradients, [update], labels[None, :1], w, x, 10)
+    for a, b in zip(expanded, batched, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * b.abs().max())
+
+
+def test_models_with_other_parameters_fall_back_to_vmap(lenet, cifar_stats):
+    from invgrad.attack.persample import supports
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.scale = lenet, torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return self.net(x) * self.scale
+
+    assert supports(lenet) and not supports(Scaled())
+    assert _engine(Scaled(), cifar_stats)._path(4).__name__ == "_gradients"
+    assert _engine(lenet, cifar_stats, cost_fn="simlocal")._path(4).__name__ == "_gradients"
+
+
+# -- groups that fit the device's memory ----------------------------------------------------------------------
+def _spans(groups):
+    return [((e.start, e.stop), (r.start, r.stop)) for e, r in groups]
+
+
+def test_tiles_cover_every_candidate_once_within_the_limit():
+    assert _spans(engine.tile(3, 4, None, None)) == [((0, 3), (0, 4))]
+    assert _spans(engine.tile(3, 4, None, 8)) == [((0, 2), (0, 4)), ((2, 3), (0, 4))]
+    assert _spans(engine.tile(1, 8, None, 3)) == [((0, 1), (0, 3)), ((0, 1), (3, 6)), ((0, 1), (6, 8))]
+    assert _spans(engine.tile(2, 4, 2, None)) == [
+        ((0, 2), (0, 2)),
+        ((0, 2), (2, 4)),
+    ]  # restart_chunk as before
+    for e, r, chunk, largest in [(5, 3, None, 4), (7, 1, None, 3), (2, 5, 2, 3), (4, 4, 3, 1)]:
+        seen = torch.zeros(e, r, dtype=torch.int)
+        for es, rs in engine.tile(e, r, chunk, largest):
+            assert (es.stop - es.start) * (rs.stop - rs.start) <= largest
+            seen[es, rs] += 1
+        assert bool((seen == 1).all())
+
+
+def test_split_halves_experiments_then_restarts():
+    assert _spans(engine.split_group(slice(0, 5), slice(0, 2))) == [((0, 2), (0, 2)), ((2, 5), (0, 2))]
+    assert _spans(engine.split_group(slice(3, 4), slice(0, 3))) == [((3, 4), (0, 1)), ((3, 4), (1, 3))]
+    assert engine.split_group(slice(3, 4), slice(2, 3)) is None
+
+
+def test_free_memory_comes_from_mem_get_info_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123_456, 10**9))
+    assert engine.device_free_memory(torch.device("cuda", 0)) == 123_456
+    assert engine.device_free_memory(torch.device("cpu")) is None
+
+
+def _attack(lenet, cifar_samples, cifar_stats, **kwargs):
+    images, labels = cifar_samples
+    updates = [shared_gradient(lenet, images[i : i + 1], labels[i : i + 1]) for i in range(3)]
+    attacker = GradientReconstructor(
+        lenet, cifar_stats, make_config("ours", restarts=2, max_iterations=8, seed=3)
+    )
+    return attacker.reconstruct_many(updates, [labels[i : i + 1] for i in range(3)], **kwargs)
+
+
+def _group_sizes(monkeypatch):
+    sizes = []
+    original = Engine._group_gradients
+
+    def recording(self, e_slice, r_slice, *args):
+        sizes.append((e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start))
+        return original(self, e_slice, r_slice, *args)
+
+    monkeypatch.setattr(Engine, "_group_gradients", recording)
+    return sizes
+
+
+def test_a_memory_limit_cuts_the_candidates_into_groups_that_fit(
+    lenet, cifar_samples, cifar_stats, monkeypatch
+):
+    whole, stats = _attack(lenet, cifar_samples, cifar_stats)
+    sizes = _group_sizes(monkeypatch)
+    per_candidate = {}
+    original = engine.saved_bytes
+
+    def measured(evaluate, variables):
+        per_candidate["bytes"] = original(evaluate, variables) / 2 * engine.MEMORY_SAFETY
+        return original(evaluate, variables)
+
+    monkeypatch.setattr(engine, "saved_bytes", measured)
+    limit = int(2.5 * 196_000)  # LeNetZhu, one 32×32 image: about 65 kB saved by autograd, ×3
+    cut, cut_stats = _attack(lenet, cifar_samples, cifar_stats, memory_limit=limit)
+    allowed = max(1, int(limit // per_candidate["bytes"]))
+    assert 1 <= allowed < 6
+    assert sizes[0] == 2 and all(s <= allowed for s in sizes[1:]) and sum(sizes[1:]) == 6  # [0]: the probe
+    assert torch.allclose(cut, whole, atol=1e-4)
+    assert torch.allclose(
+        torch.tensor(cut_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
+    )
+
+
+def test_a_group_out_of_memory_is_split_and_redone(lenet, cifar_samples, cifar_stats, monkeypatch):
+    whole, stats = _attack(lenet, cifar_samples, cifar_stats)
+    sizes = _group_sizes(monkeypatch)
+    original = Engine._optimise
+
+    def small_device(self, starts, *args, **kwargs):
+        if starts[0].shape[0] * starts[0].shape[1] > 2:
+            raise torch.OutOfMemoryError("fake: CUDA out of memory")
+        return original(self, starts, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_optimise", small_device)
+    split, split_stats = _attack(lenet, cifar_samples, cifar_stats)
+    assert sizes == [
+        6,
+        2,
+        4,
+        2,
+        2,
+    ]  # all 6 fail; halves of 1 and 2 experiments (×2 restarts); the 4 is split again
+    assert torch.allclose(split, whole, atol=1e-4)
+    assert torch.allclose(
+        torch.tensor(split_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
+    )
+
+
+def test_one_candidate_that_does_not_fit_fails_with_a_clear_message(
+    lenet, cifar_samples, cifar_stats, monkeypatch
+):
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("fake: CUDA out of memory")
+
+    monkeypatch.setattr(Engine, "_optimise", no_memory)
+    with pytest.raises(torch.OutOfMemoryError, match="one candidate .* does not fit"):
+        _attack(lenet, cifar_samples, cifar_stats)
+
+
+def test_plain_unrolled_fedavg_update_equals_the_functional_one(lenet, cifar_samples, cifar_stats):
+    """The plain form proposed for federated.fedavg_simulator: same Δθ and same image gradient."""
+    from invgrad.attack.engine import plain_unrolled_update, split_parameters
+    from invgrad.attack.fedavg import fedavg_simulator
+    from invgrad.protocol import minibatch_slices
+
+    images, labels = cifar_samples
+    functional = fedavg_simulator(lenet, 3, 0.1, batch_size=2)
+    plain = plain_unrolled_update(lenet, 0.1, lambda k: minibatch_slices(3, 2, k))
+    params, buffers, _ = split_parameters(lenet)
+    x = images[:4].clone().requires_grad_(True)
+    expected = functional(params, buffers, x, labels[:4])
+    got = plain(x, labels[:4])
+    for a, b in zip(got, expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    (ga,) = torch.autograd.grad(sum(g.pow(2).sum() for g in got), x)
+    (gb,) = torch.autograd.grad(sum(g.pow(2).sum() for g in expected), x)
+    assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-4 * gb.abs().max())
+
+
+def test_prepared_distance_per_tensor_equals_the_concatenated_one(monkeypatch):
+    """Large models skip the concatenation: the same numbers either way."""
+    from invgrad.attack import objectives
+
+    gen = torch.Generator().manual_seed(4)
+    target = [torch.randn(2, 1, 4, 3, generator=gen), torch.randn(2, 1, 5, generator=gen)]
+    trial = [torch.randn(2, 3, 4, 3, generator=gen), torch.randn(2, 3, 5, generator=gen)]
+    w = torch.tensor([[[0.7, 0.2]], [[1.0, 0.5]]])
+    for name in ("sim", "l2"):
+        joined = prepared_distance(name, target, w, lead=2)(trial)
+        monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 10)
+        split = prepared_distance(name, target, w, lead=2)(trial)
+        monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 1_000_000)
+        assert torch.allclose(joined, split, rtol=1e-5)
+
+
+def test_state_saved_under_another_tiling_is_not_restored_into_the_wrong_group():
+    state = engine.ResumeState(None, "key", 1)
+    state.groups = {0: {"span": [0, 1, 0, 2], "iteration": 7}}
+    x = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.SGD([x], lr=0.1)
+    assert state.restore(engine.GroupKey(0, (0, 3, 0, 2)), [x], optimizer, None) == (0, {})  # other tiling
+    state.groups[0].update(variables=[torch.ones(2)], optimizer=optimizer.state_dict(), scheduler=None)
+    assert state.restore(engine.GroupKey(0, (0, 1, 0, 2)), [x], optimizer, None)[0] == 7
+    assert torch.equal(x.detach(), torch.ones(2))
