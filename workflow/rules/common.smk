@@ -28,6 +28,7 @@ except (
     sys.exit(f"error: {getattr(error, 'message', None) or error}")
 
 ENV = "../envs/invgrad.yaml"
+VICTIM_PLAN = "results/victim_plan.json"
 COMPUTE = plan.compute_specs(config)
 VICTIMS = plan.victims(config, CELLS)
 TARGETS = plan.targets(config, CELLS)

@@ -61,6 +61,23 @@ rule decode_split:
         "python scripts/decode_split.py --spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
+# The training spec of every victim the config needs, as one file: what the DVC stage `victims` depends on (instead
+# of a hand-kept list of config keys), so DVC retrains exactly when a victim's spec changes. Snakemake rewrites it
+# only when the specs change (params trigger); the attacks do not depend on it.
+rule victim_plan:
+    output:
+        VICTIM_PLAN,
+    log:
+        "logs/data/victim_plan.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        spec=json.dumps(VICTIMS, sort_keys=True),
+    shell:
+        "python scripts/victim_plan.py --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
 # Every victim checkpoint the config needs: the target of the DVC stage `victims` (dvc.yaml, docs/DVC.md).
 rule victims:
     input:
