@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from invgrad.data import cache as decoded_cache
+from invgrad.data.catalog import image_folder_path
 from invgrad.replication import plan, registry
 
 # Caches stay inside the project (matplotlib, torch hub, papermill/jupyter).
@@ -90,13 +91,9 @@ def extraction_flag(dataset):
     victim must not change between runs, or Snakemake would retrain it. A folder the user unpacked by hand (no
     flag) needs no extraction.
     """
-    source = config["data"]["train"].get(dataset) or ""
+    folder = image_folder_path(config["data"]["train"].get(dataset))
     archive = config["data"]["archives"].get(dataset)
-    if (
-        not source.startswith("image-folder:")
-        or not archive
-        or not Path(archive).is_file()
-    ):
+    if folder is None or not archive or not Path(archive).is_file():
         return []
     flag = f"{config['data']['root']}/.{dataset}.extracted"
     if Path(flag).exists():
@@ -104,7 +101,7 @@ def extraction_flag(dataset):
     decoded = [plan.split_cache(dataset, split) for split in ("train", "test")]
     if all((decoded_cache.read_status(p) or {}).get("status") == "ok" for p in decoded):
         return []  # decoded splits pulled by DVC: nothing to unpack
-    return [] if Path(source.split(":", 1)[1]).is_dir() else [flag]
+    return [] if folder.is_dir() else [flag]
 
 
 def cell_images(experiment):

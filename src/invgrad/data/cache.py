@@ -1,5 +1,6 @@
 """The decoded-split cache (``data/cache/<dataset>-<split>.pt``) seen without torch: each split file has a status
-sidecar (``<dataset>-<split>.json``: status, source, origin, sha256 or the reason it is missing).
+sidecar (``<dataset>-<split>.json``: status, source, origin, sha256 or the reason it is missing), written with the
+split by :func:`invgrad.data.trainset.save_split`.
 
 A split recorded 'not run' (no local copy and no network at the time) is not a result to keep: the workflow
 retries it on its next run (:func:`retry_unavailable`), so a user who comes back online, or who supplies a folder or
@@ -9,8 +10,6 @@ an archive, gets trained victims from a plain ``make`` / ``snakemake`` / ``dvc r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,6 @@ from .catalog import NOT_RUN
 
 def status_path(split_file: str | Path) -> Path:
     return Path(split_file).with_suffix(".json")
-
-
-def write_status(split_file: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the sidecar atomically (a reader never sees half a file)."""
-    target = status_path(split_file)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(meta, handle, indent=1, sort_keys=True)
-    os.replace(tmp, target)
-    return target
 
 
 def read_status(split_file: str | Path) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import _FOLDER_PREFIX, NO_TRAINING_DATA, DatasetInfo, dataset_info
+from .catalog import _FOLDER_PREFIX, NO_TRAINING_DATA, DatasetInfo, dataset_info, image_folder_path
 from .download import DataUnavailableError, cifar_class, download_cifar, extract_archive
 from .sources import default_root
 
@@ -88,11 +88,7 @@ def resolve_training_source(
         )
 
     tried = []
-    folder = (
-        Path(configured[len(_FOLDER_PREFIX) :]).expanduser()
-        if configured and configured.lower().startswith(_FOLDER_PREFIX)
-        else None
-    )
+    folder = image_folder_path(configured)
     has_archive = bool(archive) and Path(archive).is_file()
     if folder is not None:
         if not folder.is_dir() and has_archive:

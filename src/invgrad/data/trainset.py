@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io import load_tensors, save_tensors
-from .cache import write_status
+from ..io import load_tensors, save_json, save_tensors
+from .cache import status_path
 
 SAME_IMAGE_PSNR = 25.0  # dB between uint8 images: above it, two images are copies of one another
 
@@ -61,7 +61,7 @@ def save_split(path: str | Path, images: torch.Tensor, labels: torch.Tensor, met
     with it (adds count and sha256)."""
     meta = {**meta, "images": int(images.shape[0]), "sha256": content_sha256(images, labels)}
     save_tensors({"images": images, "labels": labels, "meta": meta}, path)
-    write_status(path, meta)
+    save_json(meta, status_path(path))
     return meta
 
 

@@ -15,9 +15,9 @@ cell means the same thing to the DAG, to a rerun and to the notebooks.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from ..data.catalog import image_folder_path
 from ..victim.catalog import is_model_name
 from . import registry
 from .registry.base import CACHE_DIR, VICTIM_DIR, split_cache, victim_path
@@ -165,12 +165,6 @@ def targets(config: dict, cells: dict | None = None) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------------------------------------------
 # Semantic checks
 # ----------------------------------------------------------------------------------------------------------------
-def _folder_of(source: str | None) -> Path | None:
-    if source and source.lower().startswith("image-folder:"):
-        return Path(source.split(":", 1)[1]).expanduser()
-    return None
-
-
 def training_data_status(config: dict, dataset: str) -> tuple[bool, str]:
     """(usable-or-fetchable, explanation) for the training split of ``dataset``, without network or extraction:
     what :func:`invgrad.data.resolve_training_source` will try when the split is decoded (imports the data
@@ -211,7 +205,7 @@ def _unknown_models(config: dict, cells: dict) -> list[str]:
 def _data_problems(config: dict, cells: dict) -> list[str]:
     problems = []
     for dataset, source in config["data"]["val"].items():
-        folder = _folder_of(source)
+        folder = image_folder_path(source)
         if dataset == "ImageNet":
             continue  # no download exists: a missing folder makes its cells "not run", the rest still runs
         used = any(spec["dataset"] == dataset for exp in cells.values() for spec in exp.values())
@@ -234,7 +228,7 @@ def _data_problems(config: dict, cells: dict) -> list[str]:
                     f"{EMBEDDED_IMAGES} (indices 0-{EMBEDDED_IMAGES - 1})"
                 )
     for dataset, source in config["data"]["train"].items():
-        folder = _folder_of(source)
+        folder = image_folder_path(source)
         archive = config["data"]["archives"].get(dataset)
         if (
             folder is not None
