@@ -263,26 +263,6 @@ def test_one_candidate_that_does_not_fit_fails_with_a_clear_message(
         _attack(lenet, cifar_samples, cifar_stats)
 
 
-def test_plain_unrolled_fedavg_update_equals_the_functional_one(lenet, cifar_samples, cifar_stats):
-    """The plain form proposed for federated.fedavg_simulator: same Δθ and same image gradient."""
-    from invgrad.attack.engine import plain_unrolled_update, split_parameters
-    from invgrad.attack.fedavg import fedavg_simulator
-    from invgrad.protocol import minibatch_slices
-
-    images, labels = cifar_samples
-    functional = fedavg_simulator(lenet, 3, 0.1, batch_size=2)
-    plain = plain_unrolled_update(lenet, 0.1, lambda k: minibatch_slices(3, 2, k))
-    params, buffers, _ = split_parameters(lenet)
-    x = images[:4].clone().requires_grad_(True)
-    expected = functional(params, buffers, x, labels[:4])
-    got = plain(x, labels[:4])
-    for a, b in zip(got, expected, strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
-    (ga,) = torch.autograd.grad(sum(g.pow(2).sum() for g in got), x)
-    (gb,) = torch.autograd.grad(sum(g.pow(2).sum() for g in expected), x)
-    assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-4 * gb.abs().max())
-
-
 def test_prepared_distance_per_tensor_equals_the_concatenated_one(monkeypatch):
     """Large models skip the concatenation: the same numbers either way."""
     from invgrad.attack import objectives

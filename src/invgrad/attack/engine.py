@@ -83,26 +83,6 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
     return simulate
 
 
-def plain_unrolled_update(
-    model: torch.nn.Module, local_lr: float, slices_of: Callable[[int], list[slice]]
-) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
-    """A ``plain`` form (one candidate, ordinary autograd) of an unrolled FedAvg simulator: Δθ after SGD steps on
-    the images ``slices_of(K)`` selects per step, each gradient taken with create_graph so that Δθ stays
-    differentiable w.r.t. the images. Attach it as ``simulate.plain`` to let the engine skip torch.func."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    def plain(x, labels):
-        current = list(trainable)
-        for part in slices_of(x.shape[0]):
-            logits = functional_call(model, dict(zip(names, current, strict=True)), (x[part],))
-            grads = torch.autograd.grad(training_loss(logits, labels[part]), current, create_graph=True)
-            current = [p - local_lr * g for p, g in zip(current, grads, strict=True)]
-        return [c - p for c, p in zip(current, trainable, strict=True)]
-
-    return plain
-
-
 # Below this many multiply-adds per evaluation, ATen's own im2col convolution beat oneDNN's on the 2-core CPU
 # (LeNetZhu, one image: 0.69 M MACs, one evaluation 1.42 ms vs 2.30 ms); above it oneDNN wins by far (ResNet20,
 # 8 images: 96 ms vs 206 ms). A fixed threshold, not a timing probe, so the choice (and with it the float
