@@ -101,10 +101,10 @@ class BatchedLBFGS(torch.optim.Optimizer):
                 n_iter=torch.zeros(b, **count),
                 d=torch.zeros(b, n, **like),
                 t=torch.zeros(b, **like),
-                history=torch.zeros(
-                    b, 0, 2, n, **like
-                ),  # torch's old_dirs (y, [..., 0, :]), old_stps (s, [..., 1, :])
+                old_dirs=torch.zeros(b, 0, n, **like),  # torch's names: y (gradient changes) ...
+                old_stps=torch.zeros(b, 0, n, **like),  # ... and s (steps), one slot per history entry
                 ro=torch.zeros(b, 0, **like),
+                sy=torch.zeros(b, 0, 0, **like),  # sy[b, i, j] = s_i·y_j between slots i and j
                 length=torch.zeros(b, **count),  # history entries held, from slot `head` on (a ring)
                 head=torch.zeros(b, **count),
                 H_diag=torch.ones(b, **like),
@@ -114,12 +114,21 @@ class BatchedLBFGS(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch casts every saved state tensor to the parameter's dtype: the counters become integers again."""
+        """torch casts every saved state tensor to the parameter's dtype: the counters become integers again.
+        A state saved before the history was kept as two tensors plus their products (one ``history`` tensor
+        of (y, s) pairs) is converted."""
         super().load_state_dict(state_dict)
         state = self.state[self._params[0]]
         for key in COUNTERS:
             if key in state:
                 state[key] = state[key].round().long()
+        if "history" in state:
+            history = state.pop("history")
+            state["old_dirs"], state["old_stps"] = (
+                history[:, :, 0].contiguous(),
+                history[:, :, 1].contiguous(),
+            )
+            state["sy"] = torch.bmm(state["old_stps"], state["old_dirs"].transpose(1, 2))
 
     @torch.no_grad()
     def step(self, closure: Callable) -> torch.Tensor:  # type: ignore[override]
@@ -176,7 +185,7 @@ class BatchedLBFGS(torch.optim.Optimizer):
         length = torch.where(first, torch.zeros_like(state["length"]), state["length"])
         if bool(first.any()):  # a (re)starting element forgets its history, as in torch
             state["head"] = torch.where(first, torch.zeros_like(state["head"]), state["head"])
-            for key in ("history", "ro"):
+            for key in ("old_dirs", "old_stps", "ro", "sy"):
                 state[key][first] = 0
         state["H_diag"] = torch.where(first, torch.ones_like(state["H_diag"]), state["H_diag"])
         y = flat_grad - state["prev_flat_grad"]
@@ -187,65 +196,86 @@ class BatchedLBFGS(torch.optim.Optimizer):
             length = self._push(state, length, push, y, s, ys, history_size)
             state["H_diag"] = torch.where(push, ys / _dot(y, y), state["H_diag"])
         state["length"] = length
-        entry = self._entries(state, length)
-        q = flat_grad.neg()
-        al, entries = {}, {}
-        for i in range(int(length.max()) - 1, -1, -1):  # newest to oldest; invalid entries add exact zeros
-            entries[i] = s_i, y_i, ro_i = entry(i)
-            al[i] = _dot(s_i, q) * ro_i
-            q.addcmul_(al[i][:, None], y_i, value=-1)
-        r = q * state["H_diag"][:, None]
-        for i in range(int(length.max())):
-            s_i, y_i, ro_i = entries.pop(i)
-            be_i = _dot(y_i, r) * ro_i
-            r.addcmul_((al[i] - be_i)[:, None], s_i)
+        r = _two_loop(state, flat_grad.neg(), length)
         return torch.where(first[:, None], flat_grad.neg(), r)
 
     @staticmethod
-    def _entries(state, length) -> Callable:
-        """i -> (s_i, y_i, ro_i) of every element's i-th oldest history entry (ro 0 past its length).
-
-        The history is a ring buffer per element (``head``: its oldest slot), so dropping the oldest entry of a
-        full history costs nothing; where all heads agree (the usual case) an entry is a plain slice."""
-        history, ro, head = state["history"], state["ro"], state["head"]
-        batch, capacity = ro.shape
-        flat = history.view(batch * capacity, 2 * history.shape[-1])
-        shared = bool((head == head[0]).all())
-        offset = int(head[0]) if shared else 0
-        rows = torch.arange(batch, device=head.device) * capacity
-
-        def entry(i: int):
-            if shared:
-                slot = (offset + i) % capacity
-                pair, ro_i = history[:, slot], ro[:, slot]
-            else:  # one gather for both vectors of the pair
-                index = rows + (head + i) % capacity
-                pair, ro_i = (
-                    flat.index_select(0, index).view(batch, 2, -1),
-                    ro.view(-1).index_select(0, index),
-                )
-            return pair[:, 1], pair[:, 0], torch.where(length > i, ro_i, torch.zeros_like(ro_i))
-
-        return entry
-
-    @staticmethod
     def _push(state, length, push, y, s, ys, history_size) -> torch.Tensor:
-        """Append (y, s, 1/ys) to each pushing element's history; a full one overwrites its oldest entry."""
+        """Append (y, s, 1/ys) to each pushing element's history (a full one overwrites its oldest entry) and
+        update the products s_i·y_j of the new slot with every other."""
         capacity = state["ro"].shape[1]
         needed = int(torch.where(push, length + 1, length).clamp(max=history_size).max())
         if needed > capacity:  # grow (zeros) rather than allocate history_size up front; no ring has wrapped
             grow = min(history_size, max(needed, 2 * capacity)) - capacity
-            for key in ("history", "ro"):
-                pad = state[key].new_zeros(state[key].shape[0], grow, *state[key].shape[2:])
-                state[key] = torch.cat([state[key], pad], dim=1)
+            for key in ("old_dirs", "old_stps", "ro"):
+                state[key] = torch.cat([state[key], _zeros_after(state[key], grow)], dim=1)
+            state["sy"] = torch.nn.functional.pad(state["sy"], (0, grow, 0, grow))
             capacity = state["ro"].shape[1]
         full = push & (length == history_size)
         slot = (state["head"] + torch.where(full, torch.zeros_like(length), length)) % capacity
         rows = torch.nonzero(push).flatten()
-        state["history"][rows, slot[rows]] = torch.stack([y[rows], s[rows]], dim=1)
-        state["ro"][rows, slot[rows]] = 1.0 / ys[rows]
+        slots = slot[rows]
+        state["old_dirs"][rows, slots] = y[rows]
+        state["old_stps"][rows, slots] = s[rows]
+        state["ro"][rows, slots] = 1.0 / ys[rows]
+        # one batched product each over every element's slots (cheaper than gathering the pushing rows)
+        s_dot_y = _dots(state["old_dirs"], s)  # s_new·y_j
+        y_dot_s = _dots(state["old_stps"], y)  # s_j·y_new
+        state["sy"][rows, slots, :] = s_dot_y[rows]
+        state["sy"][rows, :, slots] = y_dot_s[rows]
         state["head"] = torch.where(full, (state["head"] + 1) % capacity, state["head"])
         return torch.where(push & ~full, length + 1, length)
+
+
+def _two_loop(state: dict, q: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """torch's two-loop recursion (H·q from the history, oldest entry i = 0), in closed form.
+
+    The first loop's α_i = ρ_i s_i·(q − Σ_{j>i} α_j y_j) is an upper unit-triangular system in the products
+    s_i·y_j; the second loop's w_i = α_i − ρ_i y_i·(r₀ + Σ_{j<i} w_j s_j) a lower one. So one loop of 2·m
+    vector operations per element becomes four batched products over the history and two triangular solves
+    of size m — the same recursion, summed in another order. Entries past an element's length have ρ = 0 and
+    drop out."""
+    dirs, stps, ro, sy = state["old_dirs"], state["old_stps"], state["ro"], state["sy"]
+    held = int(length.max())
+    h_diag = state["H_diag"][:, None]
+    if held == 0:
+        return q * h_diag
+    batch, capacity = ro.shape
+    order = (state["head"][:, None] + torch.arange(held, device=q.device)) % capacity  # [B, m] oldest first
+    valid = torch.arange(held, device=q.device) < length[:, None]
+    rho = torch.where(valid, ro.gather(1, order), torch.zeros_like(ro[:, :1]))
+    products = sy.gather(1, order[:, :, None].expand(batch, held, capacity))
+    products = products.gather(2, order[:, None, :].expand(batch, held, held))  # [B, m, m] in entry order
+    eye = torch.eye(held, dtype=q.dtype, device=q.device)
+
+    def in_slots(entry_values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(ro).scatter(1, order, entry_values)
+
+    def solve(coupling: torch.Tensor, rhs: torch.Tensor, upper: bool) -> torch.Tensor:
+        system = eye + rho[:, :, None] * coupling
+        return torch.linalg.solve_triangular(system, rhs[:, :, None], upper=upper, unitriangular=True)[..., 0]
+
+    s_dot_q = _dots(stps, q).gather(1, order)
+    alpha = solve(products.triu(1), rho * s_dot_q, upper=True)
+    r = (q - _combination(in_slots(alpha), dirs)) * h_diag
+    y_dot_r = _dots(dirs, r).gather(1, order)
+    w = solve(products.transpose(1, 2).tril(-1), alpha - rho * y_dot_r, upper=False)
+    return r + _combination(in_slots(w), stps)
+
+
+def _dots(rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[B, m, n], [B, n] -> [B, m] dot products, as a row vector times the transposed rows: on the CPU about
+    6× faster than ``bmm(rows, v[..., None])``, which takes a slow matrix-vector path."""
+    return torch.bmm(v[:, None, :], rows.transpose(1, 2))[:, 0]
+
+
+def _combination(coefficients: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[B, m], [B, m, n] -> [B, n]: Σ_i c_i row_i per element."""
+    return torch.bmm(coefficients[:, None, :], rows)[:, 0]
+
+
+def _zeros_after(t: torch.Tensor, grow: int) -> torch.Tensor:
+    return t.new_zeros(t.shape[0], grow, *t.shape[2:])
 
 
 def _like(t: torch.Tensor) -> dict:
