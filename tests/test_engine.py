@@ -33,6 +33,22 @@ def test_prepared_distance_equals_the_objective(name):
     assert prepared_distance("simlocal", target, w) is None  # no prepared form: the engine uses the objective
 
 
+@pytest.mark.parametrize("name", ["sim", "l2"])
+def test_prepared_distances_hand_written_gradients_pass_gradcheck(name):
+    """The unweighted forms have hand-written backward passes: checked against finite differences."""
+    gen = torch.Generator().manual_seed(1)
+    target = [
+        torch.randn(2, 4, 3, generator=gen, dtype=torch.float64),
+        torch.randn(2, 5, generator=gen).double(),
+    ]
+    trial = [t[:, None].repeat(1, 3, *[1] * (t.dim() - 1)) + 0.3 for t in target]
+    trial = [
+        (t + torch.randn(t.shape, generator=gen, dtype=torch.float64)).requires_grad_(True) for t in trial
+    ]
+    distance = prepared_distance(name, [t[:, None] for t in target], torch.ones(2, 1, 2), lead=2)
+    assert torch.autograd.gradcheck(lambda *g: distance(list(g)).sum(), trial)
+
+
 @pytest.mark.parametrize("cost_fn", ["sim", "l2", "simlocal"])
 @pytest.mark.parametrize("weighted", [True, False])
 def test_plain_path_gradient_equals_the_batched_one(lenet, cifar_samples, cifar_stats, cost_fn, weighted):

@@ -1,5 +1,6 @@
 """Batched L-BFGS: every element must follow torch.optim.LBFGS run on that element alone."""
 
+import copy
 import io
 
 import pytest
@@ -206,3 +207,22 @@ def test_engine_dlg_with_joint_labels_resumes_bit_identical(lenet, cifar_samples
     assert resumed_stats["restart_losses"] == full_stats["restart_losses"]
     losses = torch.tensor(full_stats["restart_losses"])
     assert torch.isfinite(losses).all() and len(set(losses.flatten().tolist())) == 4  # four distinct problems
+
+
+def test_a_state_saved_without_the_history_products_resumes_identically():
+    """States saved before the closed-form two-loop kept only the history: the products are rebuilt on load."""
+    starts = [torch.randn(3, 1, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)]
+    variables, optimizer = batched(rosenbrock, starts, steps=1, history_size=4)
+    saved_x, old_format = variables[0].detach().clone(), copy.deepcopy(optimizer.state_dict())
+    for key in ("sy", "yy", "y_dot_d"):
+        del old_format["state"][0][key]
+    closure = batched_closure(rosenbrock, variables)
+    for _ in range(2):
+        optimizer.step(closure)
+    resumed = [saved_x.requires_grad_(True)]
+    fresh = BatchedLBFGS(resumed, history_size=4)
+    fresh.load_state_dict(old_format)
+    closure = batched_closure(rosenbrock, resumed)
+    for _ in range(2):
+        fresh.step(closure)
+    torch.testing.assert_close(resumed[0].detach(), variables[0].detach(), atol=1e-12, rtol=0)

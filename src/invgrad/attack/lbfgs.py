@@ -6,8 +6,10 @@ L-BFGS is not element-wise (its curvature history mixes every coordinate of a pr
 and stopping state, while the arithmetic runs vectorised over the batch. Per element the control flow is
 torch's with ``line_search_fn=None`` (torch 2.x ``torch/optim/lbfgs.py``): first-iteration step
 ``min(1, 1/|g|_1)·lr``, history update only when ``y·s > 1e-10``, ``H_diag = y·s / y·y``, the two-loop recursion,
-and the same break conditions. Elements that stopped within a step() are frozen (masked) while the others go on;
-only dot products are reduced in a different order, so results agree with torch to rounding.
+and the same break conditions. Elements that stopped within a step() are frozen (masked) while the others go on.
+The two-loop recursion runs in closed form (:func:`_two_loop`: two small triangular solves in the products
+s_i·y_j and y_i·y_j, kept up to date as entries arrive, and two passes over the history instead of 4·m
+vector operations), so results agree with torch to rounding.
 """
 
 from __future__ import annotations
@@ -101,34 +103,28 @@ class BatchedLBFGS(torch.optim.Optimizer):
                 n_iter=torch.zeros(b, **count),
                 d=torch.zeros(b, n, **like),
                 t=torch.zeros(b, **like),
-                old_dirs=torch.zeros(b, 0, n, **like),  # torch's names: y (gradient changes) ...
-                old_stps=torch.zeros(b, 0, n, **like),  # ... and s (steps), one slot per history entry
+                # torch's old_dirs (y, [..., 0, :]) and old_stps (s, [..., 1, :]), a slot per entry
+                history=torch.zeros(b, 0, 2, n, **like),
                 ro=torch.zeros(b, 0, **like),
-                sy=torch.zeros(b, 0, 0, **like),  # sy[b, i, j] = s_i·y_j between slots i and j
                 length=torch.zeros(b, **count),  # history entries held, from slot `head` on (a ring)
                 head=torch.zeros(b, **count),
                 H_diag=torch.ones(b, **like),
                 prev_flat_grad=torch.zeros(b, n, **like),
                 prev_loss=torch.zeros(b, **like),  # the closure's dtype: lossless (torch keeps a float)
             )
+            state.update(_products(state["history"], state["d"]))
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts every saved state tensor to the parameter's dtype: the counters become integers again.
-        A state saved before the history was kept as two tensors plus their products (one ``history`` tensor
-        of (y, s) pairs) is converted."""
+        A state saved without the history's products (an earlier version) gets them computed."""
         super().load_state_dict(state_dict)
         state = self.state[self._params[0]]
         for key in COUNTERS:
             if key in state:
                 state[key] = state[key].round().long()
-        if "history" in state:
-            history = state.pop("history")
-            state["old_dirs"], state["old_stps"] = (
-                history[:, :, 0].contiguous(),
-                history[:, :, 1].contiguous(),
-            )
-            state["sy"] = torch.bmm(state["old_stps"], state["old_dirs"].transpose(1, 2))
+        if state and "sy" not in state:
+            state.update(_products(state["history"], state["d"]))
 
     @torch.no_grad()
     def step(self, closure: Callable) -> torch.Tensor:  # type: ignore[override]
@@ -185,93 +181,126 @@ class BatchedLBFGS(torch.optim.Optimizer):
         length = torch.where(first, torch.zeros_like(state["length"]), state["length"])
         if bool(first.any()):  # a (re)starting element forgets its history, as in torch
             state["head"] = torch.where(first, torch.zeros_like(state["head"]), state["head"])
-            for key in ("old_dirs", "old_stps", "ro", "sy"):
+            for key in HISTORY:
                 state[key][first] = 0
         state["H_diag"] = torch.where(first, torch.ones_like(state["H_diag"]), state["H_diag"])
+        q = flat_grad.neg()
         y = flat_grad - state["prev_flat_grad"]
         s = state["d"] * state["t"][:, None]
         ys = _dot(y, s)
         push = later & (ys > CURVATURE_EPS)
+        slot = None
         if bool(push.any()):
-            length = self._push(state, length, push, y, s, ys, history_size)
+            length, slot = self._push(state, length, push, y, s, ys, history_size)
             state["H_diag"] = torch.where(push, ys / _dot(y, y), state["H_diag"])
         state["length"] = length
-        r = _two_loop(state, flat_grad.neg(), length)
-        return torch.where(first[:, None], flat_grad.neg(), r)
+        running = first | later
+        # one pass over the history: every entry's y and s against q and the new y
+        dots = torch.bmm(torch.stack([q, y], dim=1), _rows(state["history"]).transpose(1, 2))
+        if slot is not None:
+            _update_products(state, push, slot, dots[:, 1])
+        r, y_dot_r = _two_loop(state, q, dots[:, 0], length)
+        state["y_dot_d"] = torch.where(running[:, None], y_dot_r, state["y_dot_d"])
+        return torch.where(first[:, None], q, r)
 
     @staticmethod
-    def _push(state, length, push, y, s, ys, history_size) -> torch.Tensor:
-        """Append (y, s, 1/ys) to each pushing element's history (a full one overwrites its oldest entry) and
-        update the products s_i·y_j of the new slot with every other."""
+    def _push(state, length, push, y, s, ys, history_size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (y, s, 1/ys) to each pushing element's history; a full one overwrites its oldest entry.
+        Returns the new lengths and every element's slot of the entry (meaningful where it pushed)."""
         capacity = state["ro"].shape[1]
         needed = int(torch.where(push, length + 1, length).clamp(max=history_size).max())
         if needed > capacity:  # grow (zeros) rather than allocate history_size up front; no ring has wrapped
             grow = min(history_size, max(needed, 2 * capacity)) - capacity
-            for key in ("old_dirs", "old_stps", "ro"):
+            for key in ("history", "ro", "y_dot_d"):
                 state[key] = torch.cat([state[key], _zeros_after(state[key], grow)], dim=1)
-            state["sy"] = torch.nn.functional.pad(state["sy"], (0, grow, 0, grow))
+            for key in ("sy", "yy"):
+                state[key] = torch.nn.functional.pad(state[key], (0, grow, 0, grow))
             capacity = state["ro"].shape[1]
         full = push & (length == history_size)
         slot = (state["head"] + torch.where(full, torch.zeros_like(length), length)) % capacity
         rows = torch.nonzero(push).flatten()
-        slots = slot[rows]
-        state["old_dirs"][rows, slots] = y[rows]
-        state["old_stps"][rows, slots] = s[rows]
-        state["ro"][rows, slots] = 1.0 / ys[rows]
-        # one batched product each over every element's slots (cheaper than gathering the pushing rows)
-        s_dot_y = _dots(state["old_dirs"], s)  # s_new·y_j
-        y_dot_s = _dots(state["old_stps"], y)  # s_j·y_new
-        state["sy"][rows, slots, :] = s_dot_y[rows]
-        state["sy"][rows, :, slots] = y_dot_s[rows]
+        state["history"][rows, slot[rows]] = torch.stack([y[rows], s[rows]], dim=1)
+        state["ro"][rows, slot[rows]] = 1.0 / ys[rows]
         state["head"] = torch.where(full, (state["head"] + 1) % capacity, state["head"])
-        return torch.where(push & ~full, length + 1, length)
+        return torch.where(push & ~full, length + 1, length), slot
 
 
-def _two_loop(state: dict, q: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """torch's two-loop recursion (H·q from the history, oldest entry i = 0), in closed form.
+HISTORY = ("history", "ro", "sy", "yy", "y_dot_d")  # per-element state that a restart clears
+
+
+def _rows(history: torch.Tensor) -> torch.Tensor:
+    """[B, m, 2, n] -> [B, 2m, n]: y_0, s_0, y_1, s_1, ... (a view)."""
+    return history.view(history.shape[0], -1, history.shape[-1])
+
+
+def _products(history: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The products the closed-form two-loop keeps, computed from scratch: sy[i, j] = s_i·y_j,
+    yy[i, j] = y_i·y_j (slots) and y_dot_d[j] = y_j·d."""
+    y, s = history[:, :, 0], history[:, :, 1]
+    return {
+        "sy": torch.bmm(s, y.transpose(1, 2)),
+        "yy": torch.bmm(y, y.transpose(1, 2)),
+        "y_dot_d": torch.bmm(d[:, None, :], y.transpose(1, 2))[:, 0],
+    }
+
+
+def _update_products(state, push, slot, new_dots) -> None:
+    """Row and column of each pushed slot k in sy and yy. ``new_dots`` [B, 2m]: y_j·y_new, s_j·y_new (the
+    history pass's second row). The row s_new·y_j needs no pass: s_new = t·d, and y_j·d was kept from the
+    previous direction (``y_dot_d``)."""
+    rows = torch.nonzero(push).flatten()
+    k = slot[rows]
+    s_dot_y_old = state["t"][rows, None] * state["y_dot_d"][rows]
+    y_dot_new, s_dot_new = new_dots[rows, 0::2], new_dots[rows, 1::2]
+    state["sy"][rows, :, k] = s_dot_new
+    state["sy"][rows, k, :] = s_dot_y_old
+    state["sy"][rows, k, k] = s_dot_new[torch.arange(len(rows)), k]  # s_new·y_new
+    state["yy"][rows, :, k] = y_dot_new
+    state["yy"][rows, k, :] = y_dot_new
+
+
+def _two_loop(state: dict, q: torch.Tensor, q_dots: torch.Tensor, length: torch.Tensor):
+    """torch's two-loop recursion r = H·q from the history (oldest entry i = 0), in closed form; also
+    returns y_j·r for every slot (what the next push needs).
 
     The first loop's α_i = ρ_i s_i·(q − Σ_{j>i} α_j y_j) is an upper unit-triangular system in the products
-    s_i·y_j; the second loop's w_i = α_i − ρ_i y_i·(r₀ + Σ_{j<i} w_j s_j) a lower one. So one loop of 2·m
-    vector operations per element becomes four batched products over the history and two triangular solves
-    of size m — the same recursion, summed in another order. Entries past an element's length have ρ = 0 and
-    drop out."""
-    dirs, stps, ro, sy = state["old_dirs"], state["old_stps"], state["ro"], state["sy"]
+    s_i·y_j; the second loop's w_i = α_i − ρ_i y_i·(r₀ + Σ_{j<i} w_j s_j) a lower one, with
+    y_i·r₀ = H (y_i·q − Σ_j α_j y_i·y_j). So the 2·m vector operations of the loops become two triangular
+    solves of size m and one pass over the history, r = H q + Σ_j (−H α_j y_j + w_j s_j) — the same
+    recursion, summed in another order. ``q_dots`` [B, 2m]: y_j·q, s_j·q per slot. Entries past an element's
+    length have ρ = 0 and drop out."""
+    ro, sy, yy = state["ro"], state["sy"], state["yy"]
+    h = state["H_diag"][:, None]
     held = int(length.max())
-    h_diag = state["H_diag"][:, None]
     if held == 0:
-        return q * h_diag
+        return q * h, torch.zeros_like(ro)
     batch, capacity = ro.shape
     order = (state["head"][:, None] + torch.arange(held, device=q.device)) % capacity  # [B, m] oldest first
     valid = torch.arange(held, device=q.device) < length[:, None]
     rho = torch.where(valid, ro.gather(1, order), torch.zeros_like(ro[:, :1]))
-    products = sy.gather(1, order[:, :, None].expand(batch, held, capacity))
-    products = products.gather(2, order[:, None, :].expand(batch, held, held))  # [B, m, m] in entry order
     eye = torch.eye(held, dtype=q.dtype, device=q.device)
 
-    def in_slots(entry_values: torch.Tensor) -> torch.Tensor:
+    pairs = (order[:, :, None] * capacity + order[:, None, :]).view(batch, -1)  # one contiguous index
+
+    def entries(matrix):  # [B, slots, slots] -> [B, m, m] in entry order
+        return matrix.reshape(batch, -1).gather(1, pairs).view(batch, held, held)
+
+    def in_slots(entry_values):
         return torch.zeros_like(ro).scatter(1, order, entry_values)
 
-    def solve(coupling: torch.Tensor, rhs: torch.Tensor, upper: bool) -> torch.Tensor:
+    def solve(coupling, rhs, upper):
         system = eye + rho[:, :, None] * coupling
         return torch.linalg.solve_triangular(system, rhs[:, :, None], upper=upper, unitriangular=True)[..., 0]
 
-    s_dot_q = _dots(stps, q).gather(1, order)
-    alpha = solve(products.triu(1), rho * s_dot_q, upper=True)
-    r = (q - _combination(in_slots(alpha), dirs)) * h_diag
-    y_dot_r = _dots(dirs, r).gather(1, order)
-    w = solve(products.transpose(1, 2).tril(-1), alpha - rho * y_dot_r, upper=False)
-    return r + _combination(in_slots(w), stps)
-
-
-def _dots(rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """[B, m, n], [B, n] -> [B, m] dot products, as a row vector times the transposed rows: on the CPU about
-    6× faster than ``bmm(rows, v[..., None])``, which takes a slow matrix-vector path."""
-    return torch.bmm(v[:, None, :], rows.transpose(1, 2))[:, 0]
-
-
-def _combination(coefficients: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """[B, m], [B, m, n] -> [B, n]: Σ_i c_i row_i per element."""
-    return torch.bmm(coefficients[:, None, :], rows)[:, 0]
+    s_y, y_y = entries(sy), entries(yy)
+    y_q, s_q = q_dots[:, 0::2].gather(1, order), q_dots[:, 1::2].gather(1, order)
+    alpha = solve(s_y.triu(1), rho * s_q, upper=True)
+    y_r0 = h * (y_q - torch.bmm(y_y, alpha[:, :, None])[:, :, 0])
+    w = solve(s_y.transpose(1, 2).tril(-1), alpha - rho * y_r0, upper=False)
+    coefficients = torch.stack([in_slots(-h * alpha), in_slots(w)], dim=-1).view(batch, 1, -1)
+    r = q * h + torch.bmm(coefficients, _rows(state["history"]))[:, 0]
+    y_r = y_r0 + torch.bmm(w[:, None, :], s_y)[:, 0]  # y_i·r = y_i·r₀ + Σ_j w_j s_j·y_i
+    return r, in_slots(y_r)
 
 
 def _zeros_after(t: torch.Tensor, grow: int) -> torch.Tensor:

@@ -192,7 +192,31 @@ def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDis
     return distance
 
 
+class _UnweightedSquaredDistance(torch.autograd.Function):
+    """Σ ‖g − t‖² over pieces of g and t, kept per piece (no concatenation) with a hand-written gradient
+    2(g − t): one subtraction and one dot product per piece forward, one product backward, and no new
+    gradient-sized buffer beyond the differences (fresh large buffers cost page faults on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, count, *pieces):
+        differences = [g - t for g, t in zip(pieces[:count], pieces[count:], strict=True)]
+        ctx.save_for_backward(*differences)
+        ctx.count = count
+        return _dot(differences, differences)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        scale = (2 * grad_out)[..., None]
+        return None, *[d * scale for d in ctx.saved_tensors], *[None] * ctx.count
+
+
 def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
+    if bool((w == 1).all()):
+        pieces = _pieces(target, lead, concat=False)
+        return lambda trial: _UnweightedSquaredDistance.apply(
+            len(pieces), *_pieces(trial, lead, concat=False), *pieces
+        )
     concat = _concat(target, lead)
     weight, flat = _weight_pieces(target, w, lead, concat), _pieces(target, lead, concat)
 
