@@ -14,7 +14,11 @@ Supported: models whose trainable parameters all sit in ``nn.Conv2d`` (``groups=
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -52,7 +56,10 @@ def _conv(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, t
     """The weight gradient of a convolution with one group per candidate: ATen's own (twice differentiable)
     convolution backward, summing over each candidate's K images; no im2col copies (10–40 % faster than
     unfold + einsum on LeNetZhu × 8)."""
-    placeholder = m.weight.detach().repeat(n, 1, 1, 1)  # only its shape is used for the weight gradient
+    # Only the weight's shape is read when just the weight gradient is asked for: a zero-stride view of one
+    # element has it without allocating and filling n copies of the weight each call (and made oneDNN's grouped
+    # weight gradient of ResNet20's 64-channel layers 2.5× faster than a real [n·out, in, kh, kw] tensor).
+    placeholder = m.weight.detach()[:1, :1, :1, :1].expand(n * m.weight.shape[0], *m.weight.shape[1:])
     _, weight, _ = torch.ops.aten.convolution_backward(
         _grouped(d, n),
         _grouped(a, n),
@@ -85,6 +92,51 @@ def _batchnorm(m: nn.BatchNorm2d, a: torch.Tensor, d: torch.Tensor, n: int) -> d
     return {"weight": weight, "bias": bias}
 
 
+class _SignalConv(torch.autograd.Function):
+    """A convolution whose backward (the input gradient, the layer signal's propagation) is an ordinary,
+    differentiable transposed convolution of the fixed weight. Autograd's own double backward of a convolution
+    also computes the summed weight gradient of every layer whenever the input's gradient is asked for, even
+    where no weight needs one; through this backward, the images' gradient costs one convolution per layer
+    less. The weight comes detached: the parameter gradients are assembled per candidate, never through it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation):
+        ctx.save_for_backward(weight)
+        ctx.geometry, ctx.size = (stride, padding, dilation), x.shape[-2:]
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+        extra = [
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip(
+                ctx.size, grad.shape[-2:], stride, padding, dilation, weight.shape[-2:], strict=True
+            )
+        ]
+        x_grad = F.conv_transpose2d(grad, weight, None, stride, padding, extra, 1, dilation)
+        return x_grad, None, None, None, None, None
+
+
+def _signal_forward(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    bias = None if m.bias is None else m.bias.detach()
+    return _SignalConv.apply(x, m.weight.detach(), bias, m.stride, m.padding, m.dilation)
+
+
+@contextmanager
+def _signal_convolutions(layers: list[nn.Module]) -> Iterator[None]:
+    """The supported convolutions run as :class:`_SignalConv` for the block (their own forward restored)."""
+    convs = [m for m in layers if type(m) is nn.Conv2d and "forward" not in vars(m)]
+    for m in convs:
+        m.forward = _signal_forward.__get__(m)
+    try:
+        yield
+    finally:
+        for m in convs:
+            del m.forward
+
+
 RULES = {nn.Conv2d: _conv, nn.Linear: _linear, nn.BatchNorm2d: _batchnorm}
 
 
@@ -96,29 +148,33 @@ def candidate_gradients(
     ``loss_of_sum(logits [N·K, classes], labels [N·K(, classes)])`` must be Σ over candidates of each one's
     training loss (e.g. the summed cross-entropy divided by K). Differentiable w.r.t. ``x`` (create_graph)."""
     n = x.shape[0]
+    if not x.requires_grad:  # the signals flow from the images (convolution weights enter detached)
+        x = x.detach().requires_grad_(True)
     layers = _layers(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
 
     def keep(module, inputs, output):
         calls.append((module, inputs[0], output))
 
     handles = [m.register_forward_hook(keep) for m in layers]
-    try:
-        logits = model(x.reshape(-1, *x.shape[2:]))
-    finally:
-        for handle in handles:
-            handle.remove()
-    loss = loss_of_sum(logits, labels.reshape(-1, *labels.shape[2:]))
-    signals = torch.autograd.grad(loss, [out for _, _, out in calls], create_graph=True)
+    with _signal_convolutions(layers):
+        try:
+            logits = model(x.reshape(-1, *x.shape[2:]))
+        finally:
+            for handle in handles:
+                handle.remove()
+        loss = loss_of_sum(logits, labels.reshape(-1, *labels.shape[2:]))
+        signals = torch.autograd.grad(loss, [out for _, _, out in calls], create_graph=True)
+    trainable = {id(p) for p in params}
     per_param: dict[int, torch.Tensor] = {}
     for (module, a, _), d in zip(calls, signals, strict=True):
         for name, g in RULES[type(module)](module, a, d, n).items():
             p = getattr(module, name)
-            if p is None or not p.requires_grad:
+            if p is None or id(p) not in trainable:
                 continue
             key = id(p)  # a layer called twice (shared weights) adds up its calls
             per_param[key] = per_param[key] + g if key in per_param else g
-    params = [p for p in model.parameters() if p.requires_grad]
     return [
         per_param[id(p)] if id(p) in per_param else torch.zeros(n, *p.shape, dtype=x.dtype, device=x.device)
         for p in params
