@@ -1,10 +1,12 @@
 """Per-candidate gradients from one autograd graph (persample.candidate_gradients) against torch.func's vmap."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from invgrad.attack import persample
 from invgrad.attack.persample import candidate_gradients
 
 
@@ -46,7 +48,10 @@ def _reference(model, x, labels):
     return vmap(one)(x, labels)
 
 
-def test_candidate_gradients_and_their_image_gradient_equal_vmap():
+@pytest.mark.parametrize("unfold_ratio", [persample.UNFOLD_MAX_POSITIONS_RATIO, 0, 10**9])
+def test_candidate_gradients_and_their_image_gradient_equal_vmap(monkeypatch, unfold_ratio):
+    """Default rule, every convolution unfolded, none (grouped convolution backward)."""
+    monkeypatch.setattr(persample, "UNFOLD_MAX_POSITIONS_RATIO", unfold_ratio)
     model = _odd_geometry_model()
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 2, 3, 11, 11, generator=gen)  # 3 candidates of 2 images each
