@@ -10,6 +10,10 @@ candidate), so summing that contraction over a candidate's images only gives eve
 Supported: models whose trainable parameters all sit in ``nn.Conv2d`` (``groups=1``, zero padding),
 ``nn.Linear`` and ``nn.BatchNorm2d`` (eval, with running statistics); everything else is parameter-free.
 :func:`supports` says whether a model qualifies; the engine falls back to ``vmap`` otherwise.
+
+While the graph is built, convolutions and BatchNorm layers run with hand-written backward functions
+(``SIGNAL_FORWARDS``: same forward, a backward made of ordinary differentiable ops of the detached weights), so
+that the images' gradient through the signals costs what it must and nothing more (see :class:`_SignalConv`).
 """
 
 from __future__ import annotations
@@ -141,21 +145,53 @@ class _SignalConv(torch.autograd.Function):
         return x_grad, None, None, None, None, None
 
 
-def _signal_forward(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def _signal_convolution(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     bias = None if m.bias is None else m.bias.detach()
     return _SignalConv.apply(x, m.weight.detach(), bias, m.stride, m.padding, m.dilation)
 
 
+class _SignalBatchNorm(torch.autograd.Function):
+    """BatchNorm in eval mode (the module's own forward) whose backward is the per-channel scale γ/σ as one
+    product, so that its double backward is one product too (autograd's goes through two batch-norm backward
+    kernels per layer)."""
+
+    @staticmethod
+    def forward(ctx, x, m):
+        weight = None if m.weight is None else m.weight.detach()
+        scale = (
+            torch.rsqrt(m.running_var + m.eps)
+            if weight is None
+            else weight * torch.rsqrt(m.running_var + m.eps)
+        )
+        ctx.save_for_backward(scale[:, None, None])
+        bias = None if m.bias is None else m.bias.detach()
+        return F.batch_norm(x, m.running_mean, m.running_var, weight, bias, False, 0.0, m.eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def _signal_batchnorm(m: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    return _SignalBatchNorm.apply(x, m)
+
+
+SIGNAL_FORWARDS = {nn.Conv2d: _signal_convolution, nn.BatchNorm2d: _signal_batchnorm}
+
+
 @contextmanager
-def _signal_convolutions(layers: list[nn.Module]) -> Iterator[None]:
-    """The supported convolutions run as :class:`_SignalConv` for the block (their own forward restored)."""
-    convs = [m for m in layers if type(m) is nn.Conv2d and "forward" not in vars(m)]
-    for m in convs:
-        m.forward = _signal_forward.__get__(m)
+def _signal_layers(layers: list[nn.Module]) -> Iterator[None]:
+    """The supported layers run with the forwards of ``SIGNAL_FORWARDS`` for the block (their own restored)."""
+    swapped = [
+        m for m in layers if type(m) in SIGNAL_FORWARDS and SUPPORTED[type(m)](m) and "forward" not in vars(m)
+    ]
+    for m in swapped:
+        m.forward = SIGNAL_FORWARDS[type(m)].__get__(m)
     try:
         yield
     finally:
-        for m in convs:
+        for m in swapped:
             del m.forward
 
 
@@ -180,7 +216,7 @@ def candidate_gradients(
         calls.append((module, inputs[0], output))
 
     handles = [m.register_forward_hook(keep) for m in layers]
-    with _signal_convolutions(layers):
+    with _signal_layers(layers):
         try:
             logits = model(x.reshape(-1, *x.shape[2:]))
         finally:
