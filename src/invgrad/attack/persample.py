@@ -4,8 +4,8 @@ Candidates are independent (eval mode: BatchNorm uses running statistics), so th
 w.r.t. each layer's *output* is, row by row, each candidate's own backpropagated signal δ. A layer's weight
 gradient is a contraction of δ with the layer's input (for a convolution, a convolution with one group per
 candidate), so summing that contraction over a candidate's images only gives every candidate its own ∇θ — exactly the quantity
-``torch.func.vmap(grad(...))`` computes, at a fraction of the cost on a CPU, and still twice differentiable
-(the engine differentiates the objective of these gradients w.r.t. the images with ordinary autograd).
+``torch.func.vmap(grad(...))`` computes, at a fraction of the cost on a CPU, and differentiable w.r.t. the
+images once more (the engine differentiates the objective of these gradients w.r.t. the images).
 
 Supported: models whose trainable parameters all sit in ``nn.Conv2d`` (``groups=1``, zero padding),
 ``nn.Linear`` and ``nn.BatchNorm2d`` (eval, with running statistics); everything else is parameter-free.
@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def _conv_ok(m: nn.Conv2d) -> bool:
@@ -56,27 +57,79 @@ def _grouped(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(n, k, *t.shape[1:]).transpose(0, 1).reshape(k, n * t.shape[1], *t.shape[2:])
 
 
+# An input gradient with this few channels (the images') is ATen's own convolution backward, once no graph is
+# built: oneDNN's ran at half its speed into 3 channels (LeNetZhu × 8: 0.49 vs 0.20 ms; ResNet20 × 8: 0.42 vs
+# 0.21 ms; ResNet20-4 × 4: 0.77 vs 0.25 ms), and wider ones the other way round.
+IMAGE_CHANNELS_MAX = 4
+
+
+def _input_gradient(grad, weight, size, geometry, groups: int) -> torch.Tensor:
+    """First-order ∂/∂input of ``conv2d(input, weight, groups=groups)`` for the output gradient ``grad``:
+    ATen's convolution backward into at most ``IMAGE_CHANNELS_MAX`` channels per group (the images), else the
+    current backend's."""
+    stride, padding, dilation = geometry
+    onednn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = onednn and weight.shape[1] > IMAGE_CHANNELS_MAX
+    try:
+        shape = (grad.shape[0], weight.shape[1] * groups, *size)
+        return torch.ops.aten.convolution_backward(
+            grad,
+            grad.new_empty(shape),  # only its shape is read
+            weight,
+            None,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0, 0],
+            groups,
+            [True, False, False],
+        )[0]
+    finally:
+        torch.backends.mkldnn.enabled = onednn
+
+
+class _GroupedWeightGradient(torch.autograd.Function):
+    """Each candidate's weight gradient as one convolution backward with a group per candidate, and its
+    gradient w.r.t. the signal (a grouped convolution of the input) and the input (a grouped input gradient)
+    written out: autograd's own double backward of a convolution backward ran the latter as a transposed
+    convolution, slower into the images' 3 channels (LeNetZhu × 8: 0.40 vs 0.22 ms) and for strided layers
+    (0.22 vs 0.16 ms). Differentiable once: the images' gradient of an objective of these gradients is all
+    the engine asks for."""
+
+    @staticmethod
+    def forward(ctx, d, a, shape, geometry, n):
+        ctx.save_for_backward(d, a)
+        ctx.geometry, ctx.n = geometry, n
+        stride, padding, dilation = geometry
+        # Only the weight's shape is read: an uninitialised tensor has it without filling n copies of the weight
+        # (a repeat cost ResNet20 × 8 3 % of an evaluation; a zero-stride view was copied to a contiguous one).
+        placeholder = d.new_empty((n * shape[0], *shape[1:]))
+        _, weight, _ = torch.ops.aten.convolution_backward(
+            d, a, placeholder, None, list(stride), list(padding), list(dilation), False, [0, 0], n,
+            [False, True, False],
+        )  # fmt: skip
+        return weight
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        d, a = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+        d_grad = a_grad = None
+        if ctx.needs_input_grad[0]:
+            d_grad = F.conv2d(a, grad, None, stride, padding, dilation, ctx.n)
+        if ctx.needs_input_grad[1]:
+            a_grad = _input_gradient(d, grad, a.shape[-2:], ctx.geometry, ctx.n)
+        return d_grad, a_grad, None, None, None
+
+
 def _conv_grouped(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    """The weight gradient of a convolution with one group per candidate: ATen's own (twice differentiable)
-    convolution backward, summing over each candidate's K images; no im2col copies (10–40 % faster than
-    unfold + einsum on LeNetZhu × 8)."""
-    # Only the weight's shape is read when just the weight gradient is asked for: an uninitialised tensor has it
-    # without filling n copies of the weight each call (a repeat cost ResNet20 × 8 3 % of an evaluation; a
-    # zero-stride view was copied to a contiguous one, forward and in the double backward, instead).
-    placeholder = d.new_empty((n * m.weight.shape[0], *m.weight.shape[1:]))
-    _, weight, _ = torch.ops.aten.convolution_backward(
-        _grouped(d, n),
-        _grouped(a, n),
-        placeholder,
-        None,
-        list(m.stride),
-        list(m.padding),
-        list(m.dilation),
-        False,
-        [0, 0],
-        n,
-        [False, True, False],
-    )
+    """The weight gradient of a convolution with one group per candidate (:class:`_GroupedWeightGradient`),
+    summing over each candidate's K images; no im2col copies (10–40 % faster than unfold + einsum on
+    LeNetZhu × 8)."""
+    geometry = (tuple(m.stride), tuple(m.padding), tuple(m.dilation))
+    weight = _GroupedWeightGradient.apply(_grouped(d, n), _grouped(a, n), tuple(m.weight.shape), geometry, n)
     bias = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3]).sum((1, 3))
     return {"weight": weight.reshape(n, *m.weight.shape), "bias": bias}
 
@@ -118,12 +171,6 @@ def _batchnorm(m: nn.BatchNorm2d, a: torch.Tensor, d: torch.Tensor, n: int) -> d
     return {"weight": weight, "bias": bias}
 
 
-# An input gradient with this few channels (the images') is ATen's own convolution backward, once no graph is
-# built: oneDNN's ran at half its speed into 3 channels (LeNetZhu × 8: 0.49 vs 0.20 ms; ResNet20 × 8: 0.42 vs
-# 0.21 ms; ResNet20-4 × 4: 0.77 vs 0.25 ms), and wider ones the other way round.
-IMAGE_CHANNELS_MAX = 4
-
-
 class _SignalConv(torch.autograd.Function):
     """A convolution whose backward (the input gradient, the layer signal's propagation) is an ordinary,
     differentiable transposed convolution of the fixed weight. Autograd's own double backward of a convolution
@@ -150,23 +197,7 @@ class _SignalConv(torch.autograd.Function):
         if torch.is_grad_enabled() or weight.shape[1] > IMAGE_CHANNELS_MAX:
             x_grad = F.conv_transpose2d(grad, weight, None, stride, padding, extra, 1, dilation)
             return x_grad, None, None, None, None, None
-        onednn, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
-        try:  # the images' gradient, first order only
-            x_grad, _, _ = torch.ops.aten.convolution_backward(
-                grad,
-                grad.new_empty((grad.shape[0], weight.shape[1], *ctx.size)),  # only its shape is read
-                weight,
-                None,
-                list(stride),
-                list(padding),
-                list(dilation),
-                False,
-                [0, 0],
-                1,
-                [True, False, False],
-            )
-        finally:
-            torch.backends.mkldnn.enabled = onednn
+        x_grad = _input_gradient(grad, weight, ctx.size, ctx.geometry, 1)  # the images': first order only
         return x_grad, None, None, None, None, None
 
 
@@ -229,7 +260,8 @@ def candidate_gradients(
     """∇θ of each candidate's training loss, stacked: one [N, *p.shape] tensor per trainable parameter, in
     ``model.parameters()`` order. ``x`` [N, K, C, H, W]; ``labels`` [N, K] (or soft [N, K, classes]);
     ``loss_of_sum(logits [N·K, classes], labels [N·K(, classes)])`` must be Σ over candidates of each one's
-    training loss (e.g. the summed cross-entropy divided by K). Differentiable w.r.t. ``x`` (create_graph)."""
+    training loss (e.g. the summed cross-entropy divided by K). Differentiable once w.r.t. ``x``: the images'
+    gradient of an objective of these gradients (some layers' backward functions are first-order only)."""
     n = x.shape[0]
     if not x.requires_grad:  # the signals flow from the images (convolution weights enter detached)
         x = x.detach().requires_grad_(True)
