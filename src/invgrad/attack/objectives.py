@@ -8,6 +8,7 @@ and run unchanged under ``torch.func.vmap`` across restarts and experiments.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -116,7 +117,7 @@ def layer_weights(indices: str, weights: str, target: Tensors) -> torch.Tensor:
 # (and back in the backward pass) cost ResNet20-4 about a tenth of an evaluation. ``lead`` leading dimensions of
 # every tensor (and of the weights, before their last one) index independent problems.
 PreparedDistance = Callable[[Tensors], torch.Tensor]
-CONCAT_MAX_ENTRIES = 1_000_000
+CONCAT_MAX_ENTRIES = 100_000
 
 
 def _pieces(tensors: Tensors, lead: int, concat: bool) -> list[torch.Tensor]:
@@ -147,16 +148,37 @@ def _concat(target: Tensors, lead: int) -> bool:
     return sum(t[(0,) * lead].numel() for t in target) <= CONCAT_MAX_ENTRIES
 
 
+ROW_DOT_MIN_ENTRIES = 32_768  # pieces this long per row: one BLAS dot per row, no product tensor
+
+
+def _rowdot(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """<g, t> over the last dimension (``t`` broadcast over ``g``'s leading ones). Long rows: one ``torch.dot``
+    per row, since the product tensor of a vecdot is a fresh allocation the size of ``g`` that the CPU pays for
+    in page faults (ResNet20-4 × 4: a quarter of an evaluation). Either way every row is reduced by the same
+    kernel whatever the number of rows, so one candidate and many round alike."""
+    if g.shape[-1] < ROW_DOT_MIN_ENTRIES:
+        return torch.linalg.vecdot(g, t)
+    g, t = torch.broadcast_tensors(g, t)
+    rows, cols = g.reshape(-1, g.shape[-1]), t.reshape(-1, t.shape[-1]) if t.is_contiguous() else None
+    if cols is None:  # broadcast target (one for every restart): index it row by row
+        index = list(itertools.product(*map(range, g.shape[:-1])))
+        return torch.stack([torch.dot(g[i], t[i]) for i in index]).reshape(g.shape[:-1])
+    return torch.stack([torch.dot(a, b) for a, b in zip(rows, cols, strict=True)]).reshape(g.shape[:-1])
+
+
 class _UnweightedCosine(torch.autograd.Function):
-    """1 − <g, t>/(|g| |t|) over pieces of g and t, with a hand-written gradient: two passes over g (a norm and a
-    dot product) forward, one fused a·t + b·g backward, where autograd's version makes about five products over
-    every gradient entry (a third of ResNet20's evaluation on a CPU with little memory bandwidth). Differentiable
-    once, which is all the attack needs (the images' gradient goes through g, not through this gradient)."""
+    """1 − <g, t>/(|g| |t|) over pieces of g and t, with a hand-written gradient: a norm and a dot product per
+    piece forward, a·t + b·g per piece backward written over g itself (no longer needed by then), where
+    autograd's version makes about five products over every gradient entry and the plain version a new tensor
+    per piece (fresh gradient-sized allocations cost a CPU page faults; ResNet20's evaluation spent a third of
+    its time there). Differentiable once, which is all the attack needs (the images' gradient goes through g,
+    not through this gradient); an in-place write over a g that autograd saved elsewhere would raise, never
+    pass silently."""
 
     @staticmethod
     def forward(ctx, target_norm, count, *pieces):
         g, t = pieces[:count], pieces[count:]
-        dot = _dot(list(g), list(t))
+        dot = sum(_rowdot(x, y) for x, y in zip(g, t, strict=True))
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x, dim=-1) for x in g]), dim=0)
         ctx.save_for_backward(target_norm, dot, norm, *pieces)
         ctx.count = count
@@ -172,7 +194,7 @@ class _UnweightedCosine(torch.autograd.Function):
         return (
             None,
             None,
-            *[torch.addcmul(y * a, x, b) for x, y in zip(g, t, strict=True)],
+            *[x.mul_(b).addcmul_(y, a) for x, y in zip(g, t, strict=True)],
             *[None] * len(t),
         )
 
