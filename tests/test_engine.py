@@ -33,9 +33,11 @@ def test_prepared_distance_equals_the_objective(name):
     assert prepared_distance("simlocal", target, w) is None  # no prepared form: the engine uses the objective
 
 
-@pytest.mark.parametrize("name", ["sim", "l2"])
+@pytest.mark.parametrize("name", ["l2"])
 def test_prepared_distances_hand_written_gradients_pass_gradcheck(name):
-    """The unweighted forms have hand-written backward passes: checked against finite differences."""
+    """The unweighted squared distance's hand-written backward against finite differences (the cosine's
+    backward writes over its saved inputs, so it allows one backward per graph: checked against autograd
+    in the test below instead)."""
     gen = torch.Generator().manual_seed(1)
     target = [
         torch.randn(2, 4, 3, generator=gen, dtype=torch.float64),
