@@ -31,6 +31,7 @@ import reference  # noqa: E402
 
 from invgrad import GradientReconstructor, data, make_config, shared_gradient  # noqa: E402
 from invgrad.attack.fedavg import FedAvgReconstructor  # noqa: E402
+from invgrad.devices import checked_device  # noqa: E402
 from invgrad.metrics import psnr_per_image, to_unit_range  # noqa: E402
 from invgrad.user.fedavg import local_update  # noqa: E402
 from invgrad.victim.models import build_model  # noqa: E402
@@ -189,9 +190,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=(), help="workload keys: single restarts8 table1 ...")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device is available to torch on this machine; use --device cpu")
-        raise SystemExit(2)
+    try:
+        checked_device(args.device)
+    except ValueError as error:
+        print(f"{error}; use --device cpu")
+        raise SystemExit(2) from None
     if args.quick:
         args.iterations, args.dlg_steps = 10, 2
     torch.set_num_threads(args.threads)

@@ -56,8 +56,8 @@ def test_labels_none_uses_idlg(lenet, cifar_samples, cifar_stats):
     assert stats["labels"].tolist() == [int(labels[4])] and stats["labels_known"] is False
 
 
-def test_batched_restarts_equal_one_at_a_time(lenet, cifar_samples, cifar_stats):
-    images, labels = cifar_samples
+def test_batched_restarts_equal_one_at_a_time(on_device, cifar_stats):
+    lenet, images, labels = on_device
     update = shared_gradient(lenet, images[:1], labels[:1])
     attacker = GradientReconstructor(lenet, cifar_stats, _config(restarts=4, max_iterations=25))
     batched, stats_b = attacker.reconstruct_many([update], [labels[:1]])
@@ -67,9 +67,9 @@ def test_batched_restarts_equal_one_at_a_time(lenet, cifar_samples, cifar_stats)
     assert len(set(stats_b["restart_losses"][0])) == 4  # restarts really start from different points
 
 
-def test_several_experiments_in_one_call_equal_separate_calls(lenet, cifar_samples, cifar_stats):
+def test_several_experiments_in_one_call_equal_separate_calls(on_device, cifar_stats):
     """Experiment e of a batched call starts from seed + e, so it must match that experiment run alone."""
-    images, labels = cifar_samples
+    lenet, images, labels = on_device
     updates = [shared_gradient(lenet, images[i : i + 1], labels[i : i + 1]) for i in range(3)]
     together, stats = GradientReconstructor(
         lenet, cifar_stats, _config(restarts=2, max_iterations=15)
@@ -148,15 +148,15 @@ def test_median_filter_is_applied_on_schedule(lenet, cifar_samples, cifar_stats,
     assert torch.allclose(median_filter3(results["none"]), results["median"], atol=1e-6)
 
 
-def test_short_reconstruction_clearly_beats_noise(lenet, cifar_samples, cifar_stats):
+def test_short_reconstruction_clearly_beats_noise(on_device, cifar_stats):
     """Untrained LeNetZhu, 4 images at once, 300 signed-Adam steps with TV 1e-2.
 
     Floor: a random candidate (the attack's own starting point, boxed) scores about 8 dB against these images
     (asserted below); the attack measured 14.8 dB mean over all 20 images at 300 steps (seed 0 model), so we
     require 12 dB for this 4-image subset, and every single image above the noise level.
     """
-    images, labels = cifar_samples
-    dm, ds = cifar_stats
+    lenet, images, labels = on_device
+    dm, ds = (t.to(images.device) for t in cifar_stats)
     picks = [0, 1, 8, 9]
     updates = [shared_gradient(lenet, images[i : i + 1], labels[i : i + 1]) for i in picks]
     attacker = GradientReconstructor(lenet, cifar_stats, _config(max_iterations=300, total_variation=1e-2))
@@ -204,9 +204,9 @@ def test_image_shape_the_model_cannot_take(lenet, cifar_samples, cifar_stats):
         )
 
 
-def test_resnet_with_batchnorm_is_attackable(cifar_samples, cifar_stats):
-    model = build_model("ResNet20", seed=0).eval()
-    images, labels = cifar_samples
+def test_resnet_with_batchnorm_is_attackable(cifar_samples, cifar_stats, device):
+    model = build_model("ResNet20", seed=0).eval().to(device)
+    images, labels = (t.to(device) for t in cifar_samples)
     update = shared_gradient(model, images[:1], labels[:1])
     out, stats = GradientReconstructor(model, cifar_stats, _config(restarts=2, max_iterations=3)).reconstruct(
         update, labels[:1]

@@ -8,6 +8,7 @@ from invgrad.attack import engine
 from invgrad.attack.engine import Engine, convolution_backend, convolution_macs, gradient_simulator
 from invgrad.attack.objectives import OBJECTIVES, prepared_distance
 from invgrad.user import defenses
+from invgrad.victim.models import build_model
 
 
 def _engine(model, stats, **overrides):
@@ -268,6 +269,50 @@ def test_a_group_out_of_memory_is_split_and_redone(lenet, cifar_samples, cifar_s
     assert torch.allclose(
         torch.tensor(split_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
     )
+
+
+def test_free_memory_of_the_device_sizes_the_groups(device):
+    """The real query: a CUDA device reports free bytes within its total; the CPU sets no limit."""
+    free = engine.device_free_memory(device)
+    if device.type == "cuda":
+        assert 0 < free <= torch.cuda.get_device_properties(device).total_memory
+    else:
+        assert free is None
+
+
+def test_a_group_that_overflows_a_real_cuda_device_is_split(device, cifar_samples, cifar_stats, monkeypatch):
+    """No fake error: the device's allocator is capped below what 16 ResNet20 candidates need, the sizing probe
+    is switched off (every candidate in one group), and the attack must still finish by splitting."""
+    if device.type != "cuda":
+        pytest.skip(
+            "needs pytest --device cuda (a CPU never runs out of memory here; the split logic is tested above)"
+        )
+    model = build_model("ResNet20", seed=0).eval().to(device)
+    images, labels = (t[:1].to(device) for t in cifar_samples)
+    update = shared_gradient(model, images, labels)
+    attacker = GradientReconstructor(
+        model, cifar_stats, make_config("ours", restarts=16, max_iterations=3, seed=3)
+    )
+    monkeypatch.setattr(engine, "device_free_memory", lambda device: None)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    whole, stats = attacker.reconstruct(update, labels)
+    needed = torch.cuda.max_memory_allocated(device) - base
+    sizes = _group_sizes(monkeypatch)
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(
+        (torch.cuda.memory_reserved(device) + needed // 4) / total, device
+    )
+    try:
+        split, split_stats = attacker.reconstruct(update, labels)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+    assert sizes[0] == 16 and len(sizes) > 2 and max(sizes[1:]) < 16, sizes
+    assert split_stats["failures"] == 0 and bool(torch.isfinite(split).all())
+    assert split_stats["restart_losses"] == pytest.approx(stats["restart_losses"], rel=1e-3)
 
 
 def test_one_candidate_that_does_not_fit_fails_with_a_clear_message(

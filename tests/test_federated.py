@@ -151,7 +151,7 @@ def _noise_psnr(truth_images, stats):
     return torch.tensor(_psnr(noise, truth_images, stats)["psnr"])
 
 
-def test_fedavg_paper_setting_is_reconstructed_well_above_noise(lenet, cifar_samples, cifar_stats):
+def test_fedavg_paper_setting_is_reconstructed_well_above_noise(on_device, cifar_samples, cifar_stats):
     """Paper notebook setting (arXiv 2003.14053, Table 2 and Fig. 5): 1 image, 5 local steps, τ = 1e-4, untrained net; here LeNetZhu,
     200 signed-Adam steps, TV 1e-2, two users attacked in one batched call.
 
@@ -159,15 +159,16 @@ def test_fedavg_paper_setting_is_reconstructed_well_above_noise(lenet, cifar_sam
     Floors: each image ≥ its noise level + 6 dB and mean ≥ 16 dB (about 3 dB below the measurement: margin for
     platform-dependent float differences, still far above noise).
     """
-    images, labels = cifar_samples
+    lenet, on, labels = on_device
+    images = cifar_samples[0]
     picks = [0, 8]
-    updates = [local_update(lenet, images[i : i + 1], labels[i : i + 1], 5, 1e-4) for i in picks]
+    updates = [local_update(lenet, on[i : i + 1], labels[i : i + 1], 5, 1e-4) for i in picks]
     attacker = FedAvgReconstructor(
         lenet, cifar_stats, 5, 1e-4, _config(max_iterations=200, total_variation=1e-2)
     )
     out, stats = attacker.reconstruct_many(updates, [labels[i : i + 1] for i in picks])
     psnr = torch.tensor(
-        [_psnr(out[e], images[i : i + 1], cifar_stats)["psnr"][0] for e, i in enumerate(picks)]
+        [_psnr(out[e].cpu(), images[i : i + 1], cifar_stats)["psnr"][0] for e, i in enumerate(picks)]
     )
     noise = _noise_psnr(images[picks], cifar_stats)
     assert bool((psnr >= noise + 6).all()), (psnr, noise)

@@ -121,18 +121,18 @@ def test_two_tensors_per_element_and_a_small_history_match_torch():
     assert_matches_torch_alone(coupled, starts, steps=3, atol=1e-9, history_size=3, max_iter=10)
 
 
-def test_dlg_objective_on_lenet_matches_torch_per_element(lenet, cifar_samples, cifar_stats):
+def test_dlg_objective_on_lenet_matches_torch_per_element(on_device, cifar_stats):
     """The engine's own DLG objective (L2 on gradients, joint label logits), E=2 experiments × R=2 restarts."""
+    lenet, images, labels = on_device
     model = lenet.double()
-    images, labels = cifar_samples
     updates = [shared_gradient(model, images[e : e + 1].double(), labels[e : e + 1]) for e in range(2)]
     targets = [torch.stack(per_param) for per_param in zip(*updates, strict=True)]
     weights = torch.stack([layer_weights("def", "equal", u) for u in updates]).double()
-    dm, ds = (torch.as_tensor(t).double().reshape(-1, 1, 1) for t in cifar_stats)
+    dm, ds = (torch.as_tensor(t).double().reshape(-1, 1, 1).to(images.device) for t in cifar_stats)
     engine = Engine(model, gradient_simulator(model), make_config("zhu", restarts=2), dm, ds)
     gen = torch.Generator().manual_seed(0)
     starts = [torch.randn(2, 2, 1, 3, 32, 32, generator=gen), torch.randn(2, 2, 1, 10, generator=gen)]
-    starts = [s.double() for s in starts]
+    starts = [s.double().to(images.device) for s in starts]
 
     def objective(e: slice):
         gradients = engine._gradients([t[e] for t in targets], None, weights[e], learn_labels=10)

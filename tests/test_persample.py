@@ -49,14 +49,14 @@ def _reference(model, x, labels):
 
 
 @pytest.mark.parametrize("unfold_ratio", [persample.UNFOLD_MAX_POSITIONS_RATIO, 0, 10**9])
-def test_candidate_gradients_and_their_image_gradient_equal_vmap(monkeypatch, unfold_ratio):
+def test_candidate_gradients_and_their_image_gradient_equal_vmap(monkeypatch, unfold_ratio, device):
     """Default rule, every convolution unfolded, none (grouped convolution backward)."""
     monkeypatch.setattr(persample, "UNFOLD_MAX_POSITIONS_RATIO", unfold_ratio)
-    model = _odd_geometry_model()
+    model = _odd_geometry_model().to(device)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 2, 3, 11, 11, generator=gen)  # 3 candidates of 2 images each
-    labels = torch.randint(0, 7, (3, 2), generator=gen)
-    probe = [torch.randn(3, *p.shape, generator=gen) for p in model.parameters()]
+    x = torch.randn(3, 2, 3, 11, 11, generator=gen).to(device)  # 3 candidates of 2 images each
+    labels = torch.randint(0, 7, (3, 2), generator=gen).to(device)
+    probe = [torch.randn(3, *p.shape, generator=gen).to(device) for p in model.parameters()]
 
     def image_gradient(compute):
         leaf = x.clone().requires_grad_(True)

@@ -27,6 +27,7 @@ import torch
 from . import data, metrics
 from .attack.labels import LABEL_STRATEGIES
 from .config import PRESETS, ConfigError, make_config
+from .devices import checked_device
 from .io import image_grid, load_tensors, save_json, save_png, to_uint8
 from .protocol import check_schedule
 from .replication.cells import Threat, run_users
@@ -296,9 +297,7 @@ def run(args) -> dict:
             f"--dataset {args.dataset} needs --stats (CIFAR10, CIFAR100 or ImageNet normalisation)"
         )
     info = data.dataset_info(args.stats or args.dataset.removeprefix("embedded-"))
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    device = checked_device(args.device)
     output = Path(
         args.output
         or f"results/cli/{args.model}_{args.dataset.replace(':', '_').replace('/', '_')}_{args.target_id}"

@@ -27,6 +27,7 @@ from .. import data, metrics
 from ..attack.engine import snapshot_iterations
 from ..attack.fedavg import FedAvgReconstructor
 from ..attack.reconstructor import GradientReconstructor
+from ..devices import checked_device
 from ..io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
 from ..user.defenses import Defense
 from ..user.fedavg import local_update
@@ -327,7 +328,7 @@ def run_cell(
     out_dir = Path(out_dir)
     names = spec["selection"]["names"]
     positions = list(range(len(names))) if not only else [names.index(n) for n in only]
-    device = torch.device(spec["device"])
+    device = checked_device(spec["device"])
     model, victim_meta = load_victim(spec)
     if model is None:
         reason = victim_meta.get("reason", NOT_RUN)
