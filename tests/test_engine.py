@@ -222,28 +222,69 @@ def _group_sizes(monkeypatch):
     return sizes
 
 
+def _largest(monkeypatch):
+    """Records what the memory probe allows per group."""
+    allowed = []
+    original = Engine._largest_group
+
+    def recording(self, *args):
+        allowed.append(original(self, *args))
+        return allowed[-1]
+
+    monkeypatch.setattr(Engine, "_largest_group", recording)
+    return allowed
+
+
 def test_a_memory_limit_cuts_the_candidates_into_groups_that_fit(
     lenet, cifar_samples, cifar_stats, monkeypatch
 ):
     whole, stats = _attack(lenet, cifar_samples, cifar_stats)
-    sizes = _group_sizes(monkeypatch)
-    per_candidate = {}
-    original = engine.saved_bytes
-
-    def measured(evaluate, variables):
-        per_candidate["bytes"] = original(evaluate, variables) / 2 * engine.MEMORY_SAFETY
-        return original(evaluate, variables)
-
-    monkeypatch.setattr(engine, "saved_bytes", measured)
-    limit = int(2.5 * 196_000)  # LeNetZhu, one 32×32 image: about 65 kB saved by autograd, ×3
+    sizes, allowed = _group_sizes(monkeypatch), _largest(monkeypatch)
+    # LeNetZhu, one 32×32 image: about 65 kB saved by autograd (×3) and 4 copies of 12 kB for Adam
+    limit = int(2.5 * 196_000)
     cut, cut_stats = _attack(lenet, cifar_samples, cifar_stats, memory_limit=limit)
-    allowed = max(1, int(limit // per_candidate["bytes"]))
-    assert 1 <= allowed < 6
-    assert sizes[0] == 2 and all(s <= allowed for s in sizes[1:]) and sum(sizes[1:]) == 6  # [0]: the probe
+    assert len(allowed) == 1 and 1 <= allowed[0] < 6
+    assert sizes[0] == 2 and all(s <= allowed[0] for s in sizes[1:]) and sum(sizes[1:]) == 6  # [0]: the probe
     assert torch.allclose(cut, whole, atol=1e-4)
     assert torch.allclose(
         torch.tensor(cut_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
     )
+
+
+def test_the_optimizer_state_counts_against_the_limit(lenet, cifar_samples, cifar_stats, monkeypatch):
+    """L-BFGS keeps 100 (s, y) pairs of each candidate: 2.4 MB for one 32×32 image, far above what one
+    evaluation saves, so DLG's groups are smaller than signed Adam's under the same limit."""
+    images, labels = cifar_samples
+    updates = [shared_gradient(lenet, images[i : i + 1], labels[i : i + 1]) for i in range(3)]
+    allowed = _largest(monkeypatch)
+    for preset in ("ours", "zhu"):
+        attacker = GradientReconstructor(
+            lenet, cifar_stats, make_config(preset, restarts=2, max_iterations=1, seed=3)
+        )
+        attacker.reconstruct_many(updates, [labels[i : i + 1] for i in range(3)], memory_limit=20_000_000)
+    adam, lbfgs = allowed
+    assert 20_000_000 // (2 * 100 * 3 * 32 * 32 * 4) >= lbfgs >= 4 and adam >= 3 * lbfgs  # ≈ equal without it
+
+
+def test_a_limit_on_a_path_that_cannot_be_measured_runs_one_candidate_at_a_time(
+    lenet, cifar_samples, cifar_stats, monkeypatch
+):
+    """FedAvg's unrolled update goes through torch.func, whose transforms refuse saved-tensor hooks: off CUDA the
+    probe cannot measure it, so a given limit is kept by running candidates one at a time (same results)."""
+    from invgrad.attack.fedavg import FedAvgReconstructor
+    from invgrad.user.fedavg import local_update
+
+    images, labels = cifar_samples
+    updates = [local_update(lenet, images[i : i + 1], labels[i : i + 1], 2, 1e-4) for i in range(2)]
+    attacker = FedAvgReconstructor(
+        lenet, cifar_stats, 2, 1e-4, make_config("ours", restarts=2, max_iterations=3, seed=3)
+    )
+    whole, _ = attacker.reconstruct_many(updates, [labels[i : i + 1] for i in range(2)])
+    sizes = _group_sizes(monkeypatch)
+    with pytest.warns(UserWarning, match="cannot be measured off CUDA"):
+        cut, _ = attacker.reconstruct_many(updates, [labels[i : i + 1] for i in range(2)], memory_limit=10**9)
+    assert sizes[1:] == [1, 1, 1, 1]
+    assert torch.allclose(cut, whole, atol=1e-4)
 
 
 def test_a_group_out_of_memory_is_split_and_redone(lenet, cifar_samples, cifar_stats, monkeypatch):
@@ -301,14 +342,15 @@ def test_a_group_that_overflows_a_real_cuda_device_is_split(device, cifar_sample
     needed = torch.cuda.max_memory_allocated(device) - base
     sizes = _group_sizes(monkeypatch)
     total = torch.cuda.get_device_properties(device).total_memory
+    index = device.index if device.index is not None else torch.cuda.current_device()
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(
-        (torch.cuda.memory_reserved(device) + needed // 4) / total, device
+        (torch.cuda.memory_reserved(index) + needed // 4) / total, index
     )
     try:
         split, split_stats = attacker.reconstruct(update, labels)
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
         torch.cuda.empty_cache()
     assert sizes[0] == 16 and len(sizes) > 2 and max(sizes[1:]) < 16, sizes
     assert split_stats["failures"] == 0 and bool(torch.isfinite(split).all())

@@ -127,7 +127,7 @@ def test_dlg_objective_on_lenet_matches_torch_per_element(on_device, cifar_stats
     model = lenet.double()
     updates = [shared_gradient(model, images[e : e + 1].double(), labels[e : e + 1]) for e in range(2)]
     targets = [torch.stack(per_param) for per_param in zip(*updates, strict=True)]
-    weights = torch.stack([layer_weights("def", "equal", u) for u in updates]).double()
+    weights = torch.stack([layer_weights("def", "equal", u) for u in updates]).double().to(images.device)
     dm, ds = (torch.as_tensor(t).double().reshape(-1, 1, 1).to(images.device) for t in cifar_stats)
     engine = Engine(model, gradient_simulator(model), make_config("zhu", restarts=2), dm, ds)
     gen = torch.Generator().manual_seed(0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -205,7 +206,12 @@ def _make_optimizer(cfg: dict, x: torch.Tensor, *extra: torch.Tensor) -> torch.o
     return factories[cfg["optim"]]()
 
 
-MEMORY_SAFETY = 3.0  # bytes autograd saves per candidate × this = what a candidate is assumed to need
+MEMORY_SAFETY = 3.0  # bytes autograd saves per candidate × this = what its evaluation is assumed to need
+PEAK_SAFETY = (
+    1.5  # a CUDA evaluation's measured peak (temporaries included) × this = what it is assumed to need
+)
+# copies of a candidate that its optimizer keeps (gradient and state; L-BFGS: 100 (s, y) pairs and a few vectors)
+OPTIMIZER_COPIES = {"adam": 4, "sgd": 3, "lbfgs": 2 * 100 + 6}
 
 
 def device_free_memory(device: torch.device) -> int | None:
@@ -228,6 +234,26 @@ def saved_bytes(evaluate: Callable, variables: list[torch.Tensor]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         evaluate(variables)
     return total
+
+
+def evaluation_bytes(evaluate: Callable, variables: list[torch.Tensor]) -> float | None:
+    """Bytes one evaluation of these candidates is assumed to need. On CUDA: the allocator's peak above what was
+    in use before (saved tensors, workspaces, temporaries; the device's peak statistics are reset). Elsewhere: the
+    tensors autograd saves. None where that cannot be seen: torch.func's transforms refuse saved-tensor hooks."""
+    device = variables[0].device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        evaluate(variables)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) * PEAK_SAFETY
+    try:
+        return saved_bytes(evaluate, variables) * MEMORY_SAFETY
+    except RuntimeError as error:
+        if "saved tensor hooks" not in str(error):
+            raise
+        return None
 
 
 def tile(
@@ -319,7 +345,7 @@ class Engine:
 
         ``memory_limit``: bytes a group of candidates may use (default: the free memory of a CUDA device, no limit
         on CPU). Restarts × experiments are cut into groups that fit (per-candidate need measured by
-        :func:`saved_bytes`); a group that still runs out of memory is split in half and redone. Groups change a
+        :func:`evaluation_bytes`, plus the optimizer's state); a group that still runs out of memory is split in half and redone. Groups change a
         result only at float rounding (different batch shapes), never otherwise.
         """
         cfg = self.cfg
@@ -510,19 +536,27 @@ class Engine:
         return rec.detach(), tv.detach()
 
     def _largest_group(self, limit, targets, labels, weights, learn_labels, starts) -> int | None:
-        """How many candidates one group may hold within ``limit`` bytes (None: no limit). The bytes a candidate
-        needs are measured: what autograd saves for one evaluation of two candidates (halved), times
-        ``MEMORY_SAFETY`` for workspaces and temporaries."""
+        """How many candidates one group may hold within ``limit`` bytes (None: no limit). A candidate needs what
+        one evaluation of two candidates measures (:func:`evaluation_bytes`, halved) plus its optimizer's copies."""
         experiments, restarts = starts[0].shape[:2]
         if limit is None or experiments * restarts == 1:
             return None
         pair = (slice(0, 1), slice(0, 2)) if restarts > 1 else (slice(0, 2), slice(0, 1))
+        variables = [v[pair] for v in starts]
         try:
             evaluate = self._group_gradients(*pair, targets, labels, weights, learn_labels)
-            per_candidate = saved_bytes(evaluate, [v[pair] for v in starts]) / 2 * MEMORY_SAFETY
+            measured = evaluation_bytes(evaluate, variables)
         except torch.OutOfMemoryError:
             return 1
-        return max(1, int(limit // max(per_candidate, 1)))
+        if measured is None:
+            warnings.warn(
+                "memory_limit: this model's evaluation path (torch.func) cannot be measured off CUDA; "
+                "candidates run one at a time to stay within the limit",
+                stacklevel=4,
+            )
+            return 1
+        state = sum(v.numel() * v.element_size() for v in variables) * OPTIMIZER_COPIES[self.cfg["optim"]]
+        return max(1, int(limit // max((measured + state) / 2, 1)))
 
     def _optimise(
         self, starts, gradients, bar, resume: ResumeState, group: GroupKey, keep: Sequence[int] = ()
