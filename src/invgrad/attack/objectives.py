@@ -158,12 +158,9 @@ def _rowdot(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     kernel whatever the number of rows, so one candidate and many round alike."""
     if g.shape[-1] < ROW_DOT_MIN_ENTRIES:
         return torch.linalg.vecdot(g, t)
-    g, t = torch.broadcast_tensors(g, t)
-    rows, cols = g.reshape(-1, g.shape[-1]), t.reshape(-1, t.shape[-1]) if t.is_contiguous() else None
-    if cols is None:  # broadcast target (one for every restart): index it row by row
-        index = list(itertools.product(*map(range, g.shape[:-1])))
-        return torch.stack([torch.dot(g[i], t[i]) for i in index]).reshape(g.shape[:-1])
-    return torch.stack([torch.dot(a, b) for a, b in zip(rows, cols, strict=True)]).reshape(g.shape[:-1])
+    g, t = torch.broadcast_tensors(g, t)  # a broadcast target (one for every restart) is indexed, not copied
+    index = itertools.product(*map(range, g.shape[:-1]))
+    return torch.stack([torch.dot(g[i], t[i]) for i in index]).reshape(g.shape[:-1])
 
 
 class _UnweightedCosine(torch.autograd.Function):
@@ -234,13 +231,14 @@ class _UnweightedSquaredDistance(torch.autograd.Function):
 
 
 def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
-    if bool((w == 1).all()):
+    concat = _concat(target, lead)
+    weight = _weight_pieces(target, w, lead, concat)
+    if weight is None:
         pieces = _pieces(target, lead, concat=False)
         return lambda trial: _UnweightedSquaredDistance.apply(
             len(pieces), *_pieces(trial, lead, concat=False), *pieces
         )
-    concat = _concat(target, lead)
-    weight, flat = _weight_pieces(target, w, lead, concat), _pieces(target, lead, concat)
+    flat = _pieces(target, lead, concat)
 
     def distance(trial: Tensors) -> torch.Tensor:
         diff = [g - t for g, t in zip(_pieces(trial, lead, concat), flat, strict=True)]

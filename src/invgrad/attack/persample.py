@@ -196,8 +196,8 @@ class _SignalConv(torch.autograd.Function):
         ]
         if torch.is_grad_enabled() or weight.shape[1] > IMAGE_CHANNELS_MAX:
             x_grad = F.conv_transpose2d(grad, weight, None, stride, padding, extra, 1, dilation)
-            return x_grad, None, None, None, None, None
-        x_grad = _input_gradient(grad, weight, ctx.size, ctx.geometry, 1)  # the images': first order only
+        else:
+            x_grad = _input_gradient(grad, weight, ctx.size, ctx.geometry, 1)  # the images': first order only
         return x_grad, None, None, None, None, None
 
 
