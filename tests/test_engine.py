@@ -1,5 +1,7 @@
 """The engine's one-candidate plain-autograd path must compute what the batched torch.func path computes."""
 
+import math
+
 import pytest
 import torch
 
@@ -427,3 +429,23 @@ def test_prepared_cosine_value_and_gradient_equal_autograd(monkeypatch, row_dot_
             for g, a, x in zip(grads, alone_grads, expected_grads, strict=True):
                 assert torch.allclose(g[e, r], x, rtol=1e-4, atol=1e-6)
                 assert torch.allclose(a, x, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 2, 3, 5, 6), (2, 3, 4, 5)]
+)  # E × R candidates of K images; one candidate
+def test_candidate_total_variation_and_its_gradient_equal_autograds(shape):
+    """The hand-written TV gradient against autograd's on :func:`total_variation`, per candidate."""
+    from invgrad.attack.objectives import candidate_total_variation, total_variation
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    tv = candidate_total_variation(x)
+    lead = shape[:-4]
+    expected = torch.stack([total_variation(x.reshape(-1, *shape[-4:])[i]) for i in range(math.prod(lead))])
+    torch.testing.assert_close(tv.reshape(-1), expected, rtol=1e-12, atol=0)
+    probe = torch.randn(lead, generator=gen, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((tv * probe).sum(), x)
+    (theirs,) = torch.autograd.grad((expected * probe.reshape(-1)).sum(), x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+    assert torch.autograd.gradcheck(candidate_total_variation, (x,))

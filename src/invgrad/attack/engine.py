@@ -515,8 +515,8 @@ class Engine:
             with convolution_backend(backend), torch.enable_grad():
                 rec = distance(simulate(x, soft))
                 if values:
-                    return rec.detach().reshape(1, 1), total_variation(x).detach().reshape(1, 1)
-                total = rec + tv_weight * total_variation(x) if tv_weight else rec
+                    return rec.detach().reshape(1, 1), candidate_total_variation(x).detach().reshape(1, 1)
+                total = rec + tv_weight * candidate_total_variation(x) if tv_weight else rec
                 grads = torch.autograd.grad(total, leaves)
             return [g[None, None] for g in grads], total.detach().reshape(1, 1)  # with TV, as _gradients
 
