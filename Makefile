@@ -50,8 +50,10 @@ demo: $(STAMP)
 		--num_exp 4 --cost_fn sim --restarts 1 --max_iterations 1000 --tv 1e-2 --save_image --output figures/demo
 
 # `make test CIFAR10_ARCHIVE=<path>` also trains and attacks a victim in the whole-DAG test (tests/test_workflow.py).
+# `make test DEVICE=cuda` runs only the device-aware tests, on the GPU; `make bench DEVICE=cuda` the benchmarks there.
+DEVICE ?= cpu
 test: $(STAMP)
-	CIFAR10_ARCHIVE="$(CIFAR10_ARCHIVE)" $(BIN)/python -m pytest -q
+	CIFAR10_ARCHIVE="$(CIFAR10_ARCHIVE)" $(BIN)/python -m pytest -q --device $(DEVICE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks
@@ -63,7 +65,7 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores all --report figures/report.html
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench.py --threads 1  # 2 threads on 2 shared cores time erratically
+	$(BIN)/python benchmarks/bench.py --threads 1 --device $(DEVICE)  # 2 threads on 2 shared cores time erratically
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache results/cli figures/demo
