@@ -35,9 +35,9 @@ def pytest_collection_modifyitems(config, items):
     the CPU run, on a GPU machine's scarce time."""
     if torch.device(config.getoption("--device")).type == "cpu":
         return
-    kept = [item for item in items if "device" in getattr(item, "fixturenames", ())]
-    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-    items[:] = kept
+    aware = ["device" in getattr(item, "fixturenames", ()) for item in items]
+    config.hook.pytest_deselected(items=[item for item, keep in zip(items, aware, strict=True) if not keep])
+    items[:] = [item for item, keep in zip(items, aware, strict=True) if keep]
 
 
 @pytest.fixture(scope="session")

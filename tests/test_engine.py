@@ -6,10 +6,18 @@ import pytest
 import torch
 
 from invgrad import GradientReconstructor, make_config, shared_gradient
-from invgrad.attack import engine
+from invgrad.attack import engine, objectives
 from invgrad.attack.engine import Engine, convolution_backend, convolution_macs, gradient_simulator
-from invgrad.attack.objectives import OBJECTIVES, prepared_distance
+from invgrad.attack.fedavg import FedAvgReconstructor
+from invgrad.attack.objectives import (
+    OBJECTIVES,
+    candidate_total_variation,
+    prepared_distance,
+    total_variation,
+)
+from invgrad.attack.persample import supports
 from invgrad.user import defenses
+from invgrad.user.fedavg import local_update
 from invgrad.victim.models import build_model
 
 
@@ -118,8 +126,6 @@ def test_expanded_path_equals_vmap_for_experiments_and_restarts(
 ):
     """2 experiments × 3 restarts × 2 images: per-candidate gradients from one graph, no vmap; unweighted, the
     cosine's hand-written gradient over per-tensor pieces (no concatenation) too."""
-    from invgrad.attack import objectives
-
     if not weighted:
         monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 100)
     images, labels = cifar_samples
@@ -138,8 +144,6 @@ def test_expanded_path_equals_vmap_for_experiments_and_restarts(
 
 
 def test_expanded_path_with_label_logits_and_batchnorm(cifar_samples, cifar_stats):
-    from invgrad.victim.models import build_model
-
     model = build_model("ResNet20", num_classes=10, seed=0).eval()
     images, labels = cifar_samples
     update = shared_gradient(model, images[:1], labels[:1])
@@ -155,8 +159,6 @@ def test_expanded_path_with_label_logits_and_batchnorm(cifar_samples, cifar_stat
 
 
 def test_models_with_other_parameters_fall_back_to_vmap(lenet, cifar_stats):
-    from invgrad.attack.persample import supports
-
     class Scaled(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -213,6 +215,8 @@ def _attack(lenet, cifar_samples, cifar_stats, **kwargs):
 
 
 def _group_sizes(monkeypatch):
+    """The candidates in each group the engine builds an evaluation for (the probe's pair included), recorded
+    before the group runs, so a group that then fails is counted too."""
     sizes = []
     original = Engine._group_gradients
 
@@ -225,7 +229,7 @@ def _group_sizes(monkeypatch):
 
 
 def _largest(monkeypatch):
-    """Records what the memory probe allows per group."""
+    """What the memory probe allows per group (its result, so recorded after the call)."""
     allowed = []
     original = Engine._largest_group
 
@@ -273,9 +277,6 @@ def test_a_limit_on_a_path_that_cannot_be_measured_runs_one_candidate_at_a_time(
 ):
     """FedAvg's unrolled update goes through torch.func, whose transforms refuse saved-tensor hooks: off CUDA the
     probe cannot measure it, so a given limit is kept by running candidates one at a time (same results)."""
-    from invgrad.attack.fedavg import FedAvgReconstructor
-    from invgrad.user.fedavg import local_update
-
     images, labels = cifar_samples
     updates = [local_update(lenet, images[i : i + 1], labels[i : i + 1], 2, 1e-4) for i in range(2)]
     attacker = FedAvgReconstructor(
@@ -372,8 +373,6 @@ def test_one_candidate_that_does_not_fit_fails_with_a_clear_message(
 
 def test_prepared_distance_per_tensor_equals_the_concatenated_one(monkeypatch):
     """Large models skip the concatenation: the same numbers either way."""
-    from invgrad.attack import objectives
-
     gen = torch.Generator().manual_seed(4)
     target = [torch.randn(2, 1, 4, 3, generator=gen), torch.randn(2, 1, 5, generator=gen)]
     trial = [torch.randn(2, 3, 4, 3, generator=gen), torch.randn(2, 3, 5, generator=gen)]
@@ -401,8 +400,6 @@ def test_state_saved_under_another_tiling_is_not_restored_into_the_wrong_group()
 def test_prepared_cosine_value_and_gradient_equal_autograd(monkeypatch, row_dot_min):
     """The hand-written cosine (BLAS dot per row or vecdot; gradient written over the trial pieces in place)
     against autograd through the plain objective, one target broadcast over 3 restarts and alone (lead 0)."""
-    from invgrad.attack import objectives
-
     monkeypatch.setattr(objectives, "ROW_DOT_MIN_ENTRIES", row_dot_min)
     gen = torch.Generator().manual_seed(5)
     target = [torch.randn(2, 4, 3, generator=gen), torch.randn(2, 5, generator=gen)]
@@ -436,8 +433,6 @@ def test_prepared_cosine_value_and_gradient_equal_autograd(monkeypatch, row_dot_
 )  # E × R candidates of K images; one candidate
 def test_candidate_total_variation_and_its_gradient_equal_autograds(shape):
     """The hand-written TV gradient against autograd's on :func:`total_variation`, per candidate."""
-    from invgrad.attack.objectives import candidate_total_variation, total_variation
-
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
     tv = candidate_total_variation(x)

@@ -207,9 +207,8 @@ def _make_optimizer(cfg: dict, x: torch.Tensor, *extra: torch.Tensor) -> torch.o
 
 
 MEMORY_SAFETY = 3.0  # bytes autograd saves per candidate × this = what its evaluation is assumed to need
-PEAK_SAFETY = (
-    1.5  # a CUDA evaluation's measured peak (temporaries included) × this = what it is assumed to need
-)
+# a CUDA evaluation's measured peak (temporaries included) × this = what it is assumed to need
+PEAK_SAFETY = 1.5
 # copies of a candidate that its optimizer keeps (gradient and state; L-BFGS: 100 (s, y) pairs and a few vectors)
 OPTIMIZER_COPIES = {"adam": 4, "sgd": 3, "lbfgs": 2 * 100 + 6}
 
@@ -345,8 +344,8 @@ class Engine:
 
         ``memory_limit``: bytes a group of candidates may use (default: the free memory of a CUDA device, no limit
         on CPU). Restarts × experiments are cut into groups that fit (per-candidate need measured by
-        :func:`evaluation_bytes`, plus the optimizer's state); a group that still runs out of memory is split in half and redone. Groups change a
-        result only at float rounding (different batch shapes), never otherwise.
+        :func:`evaluation_bytes`, plus the optimizer's state); a group that still runs out of memory is split in
+        half and redone. Groups change a result only at float rounding (different batch shapes), never otherwise.
         """
         cfg = self.cfg
         experiments, restarts = labels.shape[0], cfg["restarts"]

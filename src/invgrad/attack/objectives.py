@@ -9,6 +9,7 @@ and run unchanged under ``torch.func.vmap`` across restarts and experiments.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -89,7 +90,7 @@ class _CandidateTotalVariation(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         sx, sy = ctx.saved_tensors
-        nx, ny = sx[(0,) * (sx.dim() - 4)].numel(), sy[(0,) * (sy.dim() - 4)].numel()
+        nx, ny = math.prod(sx.shape[-4:]), math.prod(sy.shape[-4:])  # entries per candidate
         out = grad.new_zeros(ctx.shape)
         out[..., :, :-1].add_(sx, alpha=1 / nx)
         out[..., :, 1:].sub_(sx, alpha=1 / nx)

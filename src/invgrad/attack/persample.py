@@ -57,6 +57,11 @@ def _grouped(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(n, k, *t.shape[1:]).transpose(0, 1).reshape(k, n * t.shape[1], *t.shape[2:])
 
 
+def _per_candidate(d: torch.Tensor, n: int) -> torch.Tensor:
+    """A layer signal [N·K, C, H, W] as [N, K, C, positions]: the rows each candidate's sums run over."""
+    return d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3])
+
+
 # An input gradient with this few channels (the images') is ATen's own convolution backward, once no graph is
 # built: oneDNN's ran at half its speed into 3 channels (LeNetZhu × 8: 0.49 vs 0.20 ms; ResNet20 × 8: 0.42 vs
 # 0.21 ms; ResNet20-4 × 4: 0.77 vs 0.25 ms), and wider ones the other way round.
@@ -130,7 +135,7 @@ def _conv_grouped(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dic
     LeNetZhu × 8)."""
     geometry = (tuple(m.stride), tuple(m.padding), tuple(m.dilation))
     weight = _GroupedWeightGradient.apply(_grouped(d, n), _grouped(a, n), tuple(m.weight.shape), geometry, n)
-    bias = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3]).sum((1, 3))
+    bias = _per_candidate(d, n).sum((1, 3))
     return {"weight": weight.reshape(n, *m.weight.shape), "bias": bias}
 
 
@@ -145,7 +150,7 @@ def _conv_unfolded(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> di
     """The same weight gradient as :func:`_conv_grouped`: Σ over a candidate's images and output positions of
     the signal times the unfolded input patch, one batched product per layer (twice differentiable)."""
     cols = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # [N·K, in·kh·kw, positions]
-    signal = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3])  # [N, K, out, positions]
+    signal = _per_candidate(d, n)
     weight = torch.einsum("nkol,nkcl->noc", signal, cols.reshape(n, -1, *cols.shape[1:]))
     return {"weight": weight.reshape(n, *m.weight.shape), "bias": signal.sum((1, 3))}
 
@@ -164,7 +169,7 @@ def _linear(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str,
 def _batchnorm(m: nn.BatchNorm2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     """γ's gradient Σ d·(a − μ)/σ written as (Σ d·a − μ Σ d)/σ: one activation-sized product instead of
     three (a tenth of ResNet20's evaluation went to such products)."""
-    d_sum = d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3])
+    d_sum = _per_candidate(d, n)
     da = (d * a).reshape(d_sum.shape).sum((1, 3))
     bias = d_sum.sum((1, 3))
     weight = (da - m.running_mean * bias) * torch.rsqrt(m.running_var + m.eps)
@@ -214,11 +219,8 @@ class _SignalBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, m):
         weight = None if m.weight is None else m.weight.detach()
-        scale = (
-            torch.rsqrt(m.running_var + m.eps)
-            if weight is None
-            else weight * torch.rsqrt(m.running_var + m.eps)
-        )
+        inverse_std = torch.rsqrt(m.running_var + m.eps)
+        scale = inverse_std if weight is None else weight * inverse_std
         ctx.save_for_backward(scale[:, None, None])
         bias = None if m.bias is None else m.bias.detach()
         return F.batch_norm(x, m.running_mean, m.running_var, weight, bias, False, 0.0, m.eps)
