@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ..config import lr_milestones
 from ..io import load_tensors, save_tensors
 from ..user.loss import training_loss  # the one definition shared with the user
+from . import sequential
 from .lbfgs import BatchedLBFGS
 from .objectives import OBJECTIVES, candidate_total_variation, prepared_distance, total_variation
 from .persample import candidate_gradients, supports
@@ -72,8 +73,11 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
         return list(torch.autograd.grad(loss, trainable, create_graph=True))
 
     def per_candidate(x, labels):
-        """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape], one plain autograd graph (no vmap).
-        Σ over candidates of each one's mean cross-entropy (training_loss) is the summed CE over K."""
+        """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape]: written out by hand for plain
+        sequential models with hard labels (:mod:`invgrad.attack.sequential`), else one plain autograd graph (no
+        vmap). Σ over candidates of each one's mean cross-entropy (training_loss) is the summed CE over K."""
+        if not labels.is_floating_point() and sequential.supports(model):
+            return sequential.candidate_gradients(model, x, labels)
         k = x.shape[1]
         return candidate_gradients(
             model, x, labels, lambda logits, y: F.cross_entropy(logits, y, reduction="sum") / k

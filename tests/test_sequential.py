@@ -1,0 +1,111 @@
+"""The hand-written second-order pass for sequential models (sequential.candidate_gradients) against torch.func."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from invgrad.attack import engine, sequential
+from invgrad.victim.models import build_model, mlp
+
+
+def _odd_sequential() -> nn.Sequential:
+    """Every supported layer: strided, dilated and 1×1 convolutions with and without bias (output paddings along
+    the way), the three activations, a flatten and a linear head."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),  # 11 -> 6
+        nn.Tanh(),
+        nn.Conv2d(4, 5, 3, stride=1, padding=2, dilation=2, bias=False),
+        nn.Sigmoid(),
+        nn.Conv2d(5, 6, 1, stride=2, bias=False),  # 6 -> 3
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, stride=1, padding=1),  # stride 1: the flipped-kernel input gradient
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 7),
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model
+
+
+def _reference(model, x, labels):
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def one(xc, yc):
+        g = grad(lambda p: F.cross_entropy(functional_call(model, p, (xc,)), yc))(params)
+        return [g[n] for n in params]
+
+    return vmap(one)(x, labels)
+
+
+@pytest.mark.parametrize("images", [1, 2])  # one image per candidate (patches) and several (grouped)
+def test_gradients_and_their_image_gradient_equal_torch_func(images, device):
+    model = _odd_sequential().double().to(device)
+    assert sequential.supports(model)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, images, 3, 11, 11, generator=gen, dtype=torch.float64).to(device)
+    labels = torch.randint(0, 7, (3, images), generator=gen).to(device)
+    probe = [
+        torch.randn(3, *p.shape, generator=gen, dtype=torch.float64).to(device) for p in model.parameters()
+    ]
+
+    def image_gradient(compute):
+        leaf = x.clone().requires_grad_(True)
+        grads = compute(leaf)
+        objective = sum((g * w).sum() + 0.3 * g.pow(2).sum() for g, w in zip(grads, probe, strict=True))
+        return [g.detach() for g in grads], torch.autograd.grad(objective, leaf)[0]
+
+    ours, ours_dx = image_gradient(lambda leaf: sequential.candidate_gradients(model, leaf, labels))
+    expected, expected_dx = image_gradient(lambda leaf: _reference(model, leaf, labels))
+    for a, b in zip(ours, expected, strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert float(expected_dx.abs().max()) > 0
+    assert torch.allclose(ours_dx, expected_dx, rtol=1e-10, atol=1e-12)
+
+
+def test_an_objective_of_some_gradients_only():
+    """Parameters the objective ignores get no adjoint (None); the images' gradient still matches."""
+    model = _odd_sequential().double()
+    x = torch.randn(2, 1, 3, 11, 11, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[1], [4]])
+    ours = torch.autograd.grad(sequential.candidate_gradients(model, x, labels)[2].pow(2).sum(), x)[0]
+    expected = torch.autograd.grad(_reference(model, x, labels)[2].pow(2).sum(), x)[0]
+    assert torch.allclose(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_which_models_qualify():
+    frozen = _odd_sequential()
+    frozen[2].weight.requires_grad_(False)
+
+    class Custom(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert sequential.supports(build_model("LeNetZhu", seed=0))
+    assert sequential.supports(mlp())
+    assert not sequential.supports(build_model("ResNet20", seed=0).eval())  # residual blocks
+    assert not sequential.supports(build_model("ConvNet", seed=0).eval())  # BatchNorm, max-pooling
+    assert not sequential.supports(frozen)  # a parameter that is not shared
+    assert not sequential.supports(Custom(nn.Flatten(), nn.Linear(3 * 11 * 11, 2)))  # its own forward
+    assert not sequential.supports(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")))
+
+
+def test_the_simulator_takes_it_for_hard_labels_only(monkeypatch):
+    """Soft labels (DLG's joint label optimisation) keep the autograd path, and both paths agree."""
+    model = build_model("LeNetZhu", seed=0).double()
+    simulate = engine.gradient_simulator(model)
+    x = torch.randn(2, 1, 3, 32, 32, dtype=torch.float64)
+    calls = []
+    monkeypatch.setattr(sequential, "candidate_gradients", lambda *a: calls.append(a) or [])
+    simulate.per_candidate(x, torch.tensor([[3], [5]]))
+    assert len(calls) == 1
+    monkeypatch.undo()
+    hard = simulate.per_candidate(x, torch.tensor([[3], [5]]))
+    soft = simulate.per_candidate(x, F.one_hot(torch.tensor([[3], [5]]), 10).double())
+    for a, b in zip(hard, soft, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
