@@ -75,8 +75,31 @@ def test_attackers_unrolled_update_equals_the_users(cifar_samples, name, num_ima
     x, y = images[:num_images], labels[:num_images]
     user = local_update(model, x, y, local_steps=5, local_lr=lr, batch_size=batch_size)
     params, buffers, _ = split_parameters(model)
-    attacker = fedavg_simulator(model, 5, lr, batch_size)(params, buffers, x, y)
-    assert _max_diff(user, attacker) <= 1e-6
+    simulate = fedavg_simulator(model, 5, lr, batch_size)
+    assert _max_diff(user, simulate(params, buffers, x, y)) <= 1e-6
+    assert _max_diff(user, simulate.plain(x, y)) <= 1e-6  # the engine's one-candidate form (plain autograd)
+
+
+def test_plain_unrolled_update_has_the_functional_forms_image_gradient(cifar_samples):
+    """Differentiated w.r.t. the images, as the attack does, the plain-autograd Δθ(x) matches torch.func's."""
+    images, labels = cifar_samples
+    model = build_model("LeNetZhu", seed=0).double()
+    x, y = images[:4].double(), labels[:4]
+    simulate = fedavg_simulator(model, 3, 0.1, 2)
+    params, buffers, _ = split_parameters(model)
+    probe = [torch.randn_like(p) for p in params.values()]
+
+    def image_gradient(update):
+        leaf = x.clone().requires_grad_(True)
+        return torch.autograd.grad(
+            sum((u * w).sum() for u, w in zip(update(leaf), probe, strict=True)), leaf
+        )[0]
+
+    plain = image_gradient(lambda leaf: simulate.plain(leaf, y))
+    functional = image_gradient(lambda leaf: simulate(params, buffers, leaf, y))
+    assert float(functional.abs().max()) > 0
+    assert torch.allclose(plain, functional, rtol=1e-9, atol=1e-12)
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
 
 
 def test_multi_step_update_is_not_a_gradient_and_only_the_fedavg_model_fits_it(cifar_samples):

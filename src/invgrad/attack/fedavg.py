@@ -50,6 +50,21 @@ def fedavg_simulator(
             current = {n: current[n] - local_lr * g[n] for n in current}
         return [current[n] - params[n] for n in params]
 
+    def plain(x, labels):
+        """The same Δθ for one candidate with plain autograd (``create_graph``) instead of torch.func's
+        transforms, which cost this workload a tenth of its time (the engine's one-candidate path)."""
+        params, buffers, names = split_parameters(model)
+        start = [params[n].requires_grad_(True) for n in names]  # detached copies: the model is untouched
+        current = start
+        for part in minibatch_slices(local_steps, batch_size, x.shape[0]):
+            logits = functional_call(
+                model, ({**dict(zip(names, current, strict=True)), **buffers}), (x[part],)
+            )
+            steps = torch.autograd.grad(training_loss(logits, labels[part]), current, create_graph=True)
+            current = [c - local_lr * g for c, g in zip(current, steps, strict=True)]
+        return [c - s for c, s in zip(current, start, strict=True)]
+
+    simulate.plain = plain
     return simulate
 
 
