@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402
 
 from invgrad import GradientReconstructor, data, make_config, shared_gradient  # noqa: E402
+from invgrad.allocator import retain_freed_memory  # noqa: E402
 from invgrad.attack.fedavg import FedAvgReconstructor  # noqa: E402
 from invgrad.devices import checked_device  # noqa: E402
 from invgrad.metrics import psnr_per_image, to_unit_range  # noqa: E402
@@ -201,7 +202,12 @@ def main() -> None:
     torch.set_flush_denormal(
         True
     )  # both sides alike: saturated sigmoids make slow subnormals (see engine.py)
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
+    # The engine pins glibc's malloc thresholds when it first runs; pinned here, before either side, so that the
+    # reference runs under the same allocator from its first repeat on.
+    allocator = "glibc thresholds pinned" if retain_freed_memory() else "allocator defaults"
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {allocator} (both sides)"
+    )
     print(f"LeNet 'ours' workloads: {args.iterations} Adam iterations; DLG: {args.dlg_steps} LBFGS steps")
     header = (
         f"{'workload':<34}| {'its':>4} | {'reference s':>11} | {'ours s':>8} | {'ratio':>7} | {'goal':>8} | "

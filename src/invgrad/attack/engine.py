@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value, vmap
 from tqdm.auto import tqdm
 
+from ..allocator import retain_freed_memory
 from ..config import lr_milestones
 from ..io import load_tensors, save_tensors
 from ..user.loss import training_loss  # the one definition shared with the user
-from . import sequential
+from . import handwritten
 from .lbfgs import BatchedLBFGS
 from .objectives import OBJECTIVES, candidate_total_variation, prepared_distance, total_variation
 from .persample import candidate_gradients, supports
@@ -69,16 +70,16 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
 
     def plain(x, labels):
         """The same update with plain autograd on the model itself (one candidate: no vmap to pay for; the
-        hand-written sequential pass measured no faster here over a whole attack)."""
+        hand-written pass of :mod:`invgrad.attack.handwritten` measured no faster here over a whole attack)."""
         loss = training_loss(model(x), labels)
         return list(torch.autograd.grad(loss, trainable, create_graph=True))
 
     def per_candidate(x, labels):
-        """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape]: written out by hand for plain
-        sequential models with hard labels (:mod:`invgrad.attack.sequential`), else one plain autograd graph (no
+        """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape]: written out by hand for the
+        models :mod:`invgrad.attack.handwritten` knows, with hard labels, else one plain autograd graph (no
         vmap). Σ over candidates of each one's mean cross-entropy (training_loss) is the summed CE over K."""
-        if not labels.is_floating_point() and sequential.supports(model):
-            return sequential.candidate_gradients(model, x, labels)
+        if not labels.is_floating_point() and handwritten.supports(model):
+            return handwritten.candidate_gradients(model, x, labels)
         k = x.shape[1]
         return candidate_gradients(
             model, x, labels, lambda logits, y: F.cross_entropy(logits, y, reduction="sum") / k
@@ -353,6 +354,7 @@ class Engine:
         half and redone. Groups change a result only at float rounding (different batch shapes), never otherwise.
         """
         cfg = self.cfg
+        retain_freed_memory()  # no page faults on the tensors each iteration frees and re-allocates
         experiments, restarts = labels.shape[0], cfg["restarts"]
         reference = targets[0]
         like = dict(device=reference.device, dtype=reference.dtype)

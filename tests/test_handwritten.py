@@ -1,4 +1,4 @@
-"""The hand-written second-order pass for sequential models (sequential.candidate_gradients) against torch.func."""
+"""The hand-written second-order pass (handwritten.candidate_gradients) against torch.func."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from invgrad.attack import engine, sequential
+from invgrad.attack import engine, handwritten
 from invgrad.victim.models import build_model, mlp
 
 
@@ -42,13 +42,36 @@ def _reference(model, x, labels):
     return vmap(one)(x, labels)
 
 
+def _resnet() -> nn.Module:
+    """ResNet20 (residual sums, 1×1 strided shortcuts, BatchNorm, pooling) with BatchNorm statistics and affine
+    parameters away from their identity defaults."""
+    gen = torch.Generator().manual_seed(2)
+    model = build_model("ResNet20", seed=0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return model.eval()
+
+
+MODELS = {
+    "odd-sequential": (_odd_sequential, 11, 7),
+    "ResNet20": (_resnet, 8, 10),
+}  # (model, image size, classes)
+
+
 @pytest.mark.parametrize("images", [1, 2])  # one image per candidate (patches) and several (grouped)
-def test_gradients_and_their_image_gradient_equal_torch_func(images, device):
-    model = _odd_sequential().double().to(device)
-    assert sequential.supports(model)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradients_and_their_image_gradient_equal_torch_func(name, images, device):
+    make, size, classes = MODELS[name]
+    model = make().double().to(device)
+    assert handwritten.supports(model)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, images, 3, 11, 11, generator=gen, dtype=torch.float64).to(device)
-    labels = torch.randint(0, 7, (3, images), generator=gen).to(device)
+    x = torch.randn(3, images, 3, size, size, generator=gen, dtype=torch.float64).to(device)
+    labels = torch.randint(0, classes, (3, images), generator=gen).to(device)
     probe = [
         torch.randn(3, *p.shape, generator=gen, dtype=torch.float64).to(device) for p in model.parameters()
     ]
@@ -59,7 +82,7 @@ def test_gradients_and_their_image_gradient_equal_torch_func(images, device):
         objective = sum((g * w).sum() + 0.3 * g.pow(2).sum() for g, w in zip(grads, probe, strict=True))
         return [g.detach() for g in grads], torch.autograd.grad(objective, leaf)[0]
 
-    ours, ours_dx = image_gradient(lambda leaf: sequential.candidate_gradients(model, leaf, labels))
+    ours, ours_dx = image_gradient(lambda leaf: handwritten.candidate_gradients(model, leaf, labels))
     expected, expected_dx = image_gradient(lambda leaf: _reference(model, leaf, labels))
     for a, b in zip(ours, expected, strict=True):
         assert a.shape == b.shape
@@ -73,7 +96,7 @@ def test_an_objective_of_some_gradients_only():
     model = _odd_sequential().double()
     x = torch.randn(2, 1, 3, 11, 11, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[1], [4]])
-    ours = torch.autograd.grad(sequential.candidate_gradients(model, x, labels)[2].pow(2).sum(), x)[0]
+    ours = torch.autograd.grad(handwritten.candidate_gradients(model, x, labels)[2].pow(2).sum(), x)[0]
     expected = torch.autograd.grad(_reference(model, x, labels)[2].pow(2).sum(), x)[0]
     assert torch.allclose(ours, expected, rtol=1e-10, atol=1e-12)
 
@@ -86,13 +109,14 @@ def test_which_models_qualify():
         def forward(self, x):
             return super().forward(x) * 2
 
-    assert sequential.supports(build_model("LeNetZhu", seed=0))
-    assert sequential.supports(mlp())
-    assert not sequential.supports(build_model("ResNet20", seed=0).eval())  # residual blocks
-    assert not sequential.supports(build_model("ConvNet", seed=0).eval())  # BatchNorm, max-pooling
-    assert not sequential.supports(frozen)  # a parameter that is not shared
-    assert not sequential.supports(Custom(nn.Flatten(), nn.Linear(3 * 11 * 11, 2)))  # its own forward
-    assert not sequential.supports(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")))
+    assert handwritten.supports(build_model("LeNetZhu", seed=0))
+    assert handwritten.supports(mlp())
+    assert handwritten.supports(build_model("ResNet20", seed=0).eval())
+    assert not handwritten.supports(build_model("ResNet20", seed=0).train())  # batch statistics
+    assert not handwritten.supports(build_model("ConvNet", seed=0).eval())  # max-pooling
+    assert not handwritten.supports(frozen)  # a parameter that is not shared
+    assert not handwritten.supports(Custom(nn.Flatten(), nn.Linear(3 * 11 * 11, 2)))  # its own forward
+    assert not handwritten.supports(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")))
 
 
 def test_the_simulator_takes_it_for_hard_labels_only(monkeypatch):
@@ -101,7 +125,7 @@ def test_the_simulator_takes_it_for_hard_labels_only(monkeypatch):
     simulate = engine.gradient_simulator(model)
     x = torch.randn(2, 1, 3, 32, 32, dtype=torch.float64)
     calls = []
-    monkeypatch.setattr(sequential, "candidate_gradients", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr(handwritten, "candidate_gradients", lambda *a: calls.append(a) or [])
     simulate.per_candidate(x, torch.tensor([[3], [5]]))
     assert len(calls) == 1
     monkeypatch.undo()
