@@ -74,11 +74,15 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
         loss = training_loss(model(x), labels)
         return list(torch.autograd.grad(loss, trainable, create_graph=True))
 
+    written_out: list[bool | None] = [None]
+
     def per_candidate(x, labels):
         """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape]: written out by hand for the
         models :mod:`invgrad.attack.handwritten` knows, with hard labels, else one plain autograd graph (no
         vmap). Σ over candidates of each one's mean cross-entropy (training_loss) is the summed CE over K."""
-        if not labels.is_floating_point() and handwritten.supports(model):
+        if written_out[0] is None:  # decided once per simulator (per attack)
+            written_out[0] = handwritten.supports(model)
+        if written_out[0] and not labels.is_floating_point():
             return handwritten.candidate_gradients(model, x, labels)
         k = x.shape[1]
         return candidate_gradients(

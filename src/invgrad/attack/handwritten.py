@@ -251,31 +251,30 @@ class _BatchNorm(_Leaf):
         return [(sa - self.mean * s_sum) * self.inverse_std, s_sum]
 
     def signal_pass(self, v: Tensor | None) -> Tensor | None:
-        through = None if v is None else v * self.scale
         if self.bars is None:
-            return through
+            return None if v is None else v * self.scale
         gamma_bar, beta_bar = self.bars  # [N, C] each
         slope = gamma_bar * self.inverse_std
         offset = beta_bar - slope * self.mean
         a = self._per_candidate(self.a, gamma_bar.shape[0])
         own = torch.addcmul(offset[:, None, :, None], a, slope[:, None, :, None]).reshape(self.a.shape)
-        return own if through is None else own.add_(through)
+        return own if v is None else own.addcmul_(v, self.scale)
 
     def act_pass(self, v: Tensor | None) -> Tensor | None:
-        through = None if v is None else v * self.scale
         if self.bars is None:
-            return through
+            return None if v is None else v * self.scale
         gamma_bar = self.bars[0]
         s = self._per_candidate(self.s, gamma_bar.shape[0])
         own = (s * (gamma_bar * self.inverse_std)[:, None, :, None]).reshape(self.a.shape)
-        return own if through is None else own.add_(through)
+        return own if v is None else own.addcmul_(v, self.scale)
 
 
-# An element-wise activation: (function, σ' from the output y, σ'' from y and σ'; None where it vanishes).
-ACTIVATIONS: dict[type, tuple[Callable, Callable, Callable | None]] = {
+# An element-wise activation: (function, σ' from the output y, σ'' from y and σ'). ReLU has neither: its σ' is the
+# mask y > 0, applied by ATen's threshold_backward in one kernel (no mask tensor), and its σ'' vanishes.
+ACTIVATIONS: dict[type, tuple[Callable, Callable | None, Callable | None]] = {
     nn.Sigmoid: (torch.sigmoid, lambda y: y * (1 - y), lambda y, d1: d1 * (1 - 2 * y)),
     nn.Tanh: (torch.tanh, lambda y: 1 - y * y, lambda y, d1: -2 * y * d1),
-    nn.ReLU: (torch.relu, lambda y: (y > 0).to(y.dtype), None),
+    nn.ReLU: (torch.relu, None, None),
 }
 
 
@@ -288,9 +287,17 @@ class _Activation(_Leaf):
         self.out = self.function(a)
         return self.out
 
+    def _gate(self, v: Tensor) -> Tensor:
+        """v·σ'(a)."""
+        if self.first is None:
+            return torch.ops.aten.threshold_backward(v, self.out, 0)
+        return v * self.d1
+
     def signals(self, s: Tensor, need_input: bool) -> Tensor | None:
-        self.s, self.d1 = s, self.first(self.out)
-        return s * self.d1 if need_input else None
+        self.s = s
+        if self.first is not None:
+            self.d1 = self.first(self.out)
+        return self._gate(s) if need_input else None
 
     def signal_pass(self, v: Tensor | None) -> Tensor | None:
         """The input signal is s·σ'(a): its adjoint v reaches the output signal as v·σ'(a) and the input
@@ -299,10 +306,10 @@ class _Activation(_Leaf):
             return None
         if self.second is not None:
             self.curvature = self.second(self.out, self.d1).mul_(self.s).mul_(v)
-        return v * self.d1
+        return self._gate(v)
 
     def act_pass(self, v: Tensor | None) -> Tensor | None:
-        return _sum(None if v is None else v * self.d1, self.curvature)
+        return _sum(None if v is None else self._gate(v), self.curvature)
 
 
 class _Reshape(_Leaf):
