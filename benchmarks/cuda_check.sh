@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
     tee -a "$out/gpu.txt"
 
 timeout "${TESTS_S:-150}" "$python" -m pytest -q -p no:cacheprovider --device cuda tests/test_attack.py \
-    tests/test_persample.py tests/test_lbfgs.py tests/test_engine.py tests/test_federated.py 2>&1 | tee "$out/tests.txt"
+    tests/test_persample.py tests/test_handwritten.py tests/test_lbfgs.py tests/test_engine.py tests/test_federated.py 2>&1 | tee "$out/tests.txt"
 
 data=$(mktemp -d)
 tar -xzf "$archive" -C "$data" cifar10-jpeg/test
