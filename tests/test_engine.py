@@ -325,8 +325,9 @@ def test_free_memory_of_the_device_sizes_the_groups(device):
 
 
 def test_a_group_that_overflows_a_real_cuda_device_is_split(device, cifar_samples, cifar_stats, monkeypatch):
-    """No fake error: the device's allocator is capped below what 16 ResNet20 candidates need, the sizing probe
-    is switched off (every candidate in one group), and the attack must still finish by splitting."""
+    """No fake error: the device's allocator is capped below what 16 ResNet20 candidates need (yet above what one
+    needs: a group of one runs on the plain path, which needs more per candidate), the sizing probe is switched
+    off (every candidate in one group), and the attack must still finish by splitting."""
     if device.type != "cuda":
         pytest.skip(
             "needs pytest --device cuda (a CPU never runs out of memory here; the split logic is tested above)"
@@ -338,24 +339,32 @@ def test_a_group_that_overflows_a_real_cuda_device_is_split(device, cifar_sample
         model, cifar_stats, make_config("ours", restarts=16, max_iterations=3, seed=3)
     )
     monkeypatch.setattr(engine, "device_free_memory", lambda device: None)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    whole, stats = attacker.reconstruct(update, labels)
-    needed = torch.cuda.max_memory_allocated(device) - base
+
+    def peak(restarts):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        config = make_config("ours", restarts=restarts, max_iterations=3, seed=3)
+        result = GradientReconstructor(model, cifar_stats, config).reconstruct(update, labels)
+        return torch.cuda.max_memory_allocated(device) - base, result
+
+    needed_one, _ = peak(1)
+    needed, (whole, stats) = peak(16)
+    cap = max(needed // 4, 2 * needed_one)
+    assert cap < needed, (
+        f"16 candidates need {needed} B, one {needed_one} B: no cap in between forces a split"
+    )
     sizes = _group_sizes(monkeypatch)
     total = torch.cuda.get_device_properties(device).total_memory
     index = device.index if device.index is not None else torch.cuda.current_device()
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(
-        (torch.cuda.memory_reserved(index) + needed // 4) / total, index
-    )
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved(index) + cap) / total, index)
     try:
         split, split_stats = attacker.reconstruct(update, labels)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, index)
         torch.cuda.empty_cache()
-    assert sizes[0] == 16 and len(sizes) > 2 and max(sizes[1:]) < 16, sizes
+    assert sizes[0] == 16 and len(sizes) > 2 and max(sizes[1:]) < 16, (sizes, needed, needed_one)
     assert split_stats["failures"] == 0 and bool(torch.isfinite(split).all())
     assert split_stats["restart_losses"] == pytest.approx(stats["restart_losses"], rel=1e-3)
 

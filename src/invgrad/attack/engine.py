@@ -17,6 +17,7 @@ per (experiment, restart), vectorised. Groups are sized to fit the device's memo
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
@@ -382,6 +383,7 @@ class Engine:
         bar = tqdm(
             total=len(groups) * cfg["max_iterations"], disable=not progress, desc="reconstruct", unit="it"
         )
+        failed = False
         with bar, flushed_denormals():
             while groups:
                 e_slice, r_slice = groups.popleft()
@@ -410,10 +412,14 @@ class Engine:
                             f"one candidate ({num_images} image(s) of shape {tuple(img_shape)}) does not fit in "
                             f"the memory of {like['device']}: fewer images per attack, or a larger device"
                         ) from error
-                    if like["device"].type == "cuda":
-                        torch.cuda.empty_cache()
                     groups.extendleft(reversed(halves))
                     bar.total += cfg["max_iterations"]
+                    failed = True
+                if failed:  # outside the handler: the error's traceback no longer holds the group's tensors
+                    failed = False
+                    gc.collect()  # what the failed evaluation left in reference cycles
+                    if like["device"].type == "cuda":
+                        torch.cuda.empty_cache()
                     continue
                 for final, result in zip(finals, results, strict=True):
                     final[e_slice, r_slice] = result

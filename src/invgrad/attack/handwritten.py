@@ -491,18 +491,22 @@ class _CandidateGradients(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grad_bars):
         ctx.saved_tensors  # noqa: B018 (unpacked for saved-tensor hooks; the same tensors are read below)
-        bars = iter(grad_bars)
-        for leaf in ctx.leaves:
-            if leaf.params:
-                leaf.bars = [next(bars) for _ in leaf.params]
-        logits_signal_bar = ctx.network.signal_pass(None)
-        logits_bar = None
-        if logits_signal_bar is not None:  # the logits' signal is (softmax(logits) − onehot) / k
-            p, v = ctx.probabilities, logits_signal_bar
-            logits_bar = p * (v - (p * v).sum(-1, keepdim=True)) / ctx.k
-        images_bar = ctx.network.act_pass(logits_bar)
-        for leaf in ctx.leaves:  # release what the steps kept now, not when autograd drops this node
-            vars(leaf).clear()
+        try:
+            bars = iter(grad_bars)
+            for leaf in ctx.leaves:
+                if leaf.params:
+                    leaf.bars = [next(bars) for _ in leaf.params]
+            logits_signal_bar = ctx.network.signal_pass(None)
+            logits_bar = None
+            if logits_signal_bar is not None:  # the logits' signal is (softmax(logits) − onehot) / k
+                p, v = ctx.probabilities, logits_signal_bar
+                logits_bar = p * (v - (p * v).sum(-1, keepdim=True)) / ctx.k
+            images_bar = ctx.network.act_pass(logits_bar)
+        finally:  # release what the steps kept now (also after an out-of-memory error), not when autograd drops
+            for (
+                leaf
+            ) in ctx.leaves:  # this node: kept longer, they made each evaluation fault ~780 fresh pages
+                vars(leaf).clear()
         return images_bar, None, None, None, None
 
 
