@@ -269,47 +269,39 @@ class _BatchNorm(_Leaf):
         return own if v is None else own.addcmul_(v, self.scale)
 
 
-# An element-wise activation: (function, σ' from the output y, σ'' from y and σ'). ReLU has neither: its σ' is the
-# mask y > 0, applied by ATen's threshold_backward in one kernel (no mask tensor), and its σ'' vanishes.
-ACTIVATIONS: dict[type, tuple[Callable, Callable | None, Callable | None]] = {
-    nn.Sigmoid: (torch.sigmoid, lambda y: y * (1 - y), lambda y, d1: d1 * (1 - 2 * y)),
-    nn.Tanh: (torch.tanh, lambda y: 1 - y * y, lambda y, d1: -2 * y * d1),
-    nn.ReLU: (torch.relu, None, None),
+# An element-wise activation: (function, v·σ'(a) from v and the output y — ATen's own backward kernels, one each —,
+# and σ''(a)/σ'(a) from y, None where σ'' vanishes).
+ACTIVATIONS: dict[type, tuple[Callable, Callable, Callable | None]] = {
+    nn.Sigmoid: (torch.sigmoid, torch.ops.aten.sigmoid_backward, lambda y: torch.rsub(y, 1, alpha=2)),
+    nn.Tanh: (torch.tanh, torch.ops.aten.tanh_backward, lambda y: y * -2),
+    nn.ReLU: (torch.relu, lambda v, y: torch.ops.aten.threshold_backward(v, y, 0), None),
 }
 
 
 class _Activation(_Leaf):
     def __init__(self, m: nn.Module):
-        self.function, self.first, self.second = ACTIVATIONS[type(m)]
+        self.function, self.gate, self.curving = ACTIVATIONS[type(m)]
         self.curvature: Tensor | None = None
 
     def forward(self, a: Tensor) -> Tensor:
         self.out = self.function(a)
         return self.out
 
-    def _gate(self, v: Tensor) -> Tensor:
-        """v·σ'(a)."""
-        if self.first is None:
-            return torch.ops.aten.threshold_backward(v, self.out, 0)
-        return v * self.d1
-
     def signals(self, s: Tensor, need_input: bool) -> Tensor | None:
         self.s = s
-        if self.first is not None:
-            self.d1 = self.first(self.out)
-        return self._gate(s) if need_input else None
+        return self.gate(s, self.out) if need_input else None
 
     def signal_pass(self, v: Tensor | None) -> Tensor | None:
         """The input signal is s·σ'(a): its adjoint v reaches the output signal as v·σ'(a) and the input
         activation as v·s·σ''(a) (kept for :meth:`act_pass`)."""
         if v is None:
             return None
-        if self.second is not None:
-            self.curvature = self.second(self.out, self.d1).mul_(self.s).mul_(v)
-        return self._gate(v)
+        if self.curving is not None:
+            self.curvature = self.gate(v * self.s, self.out).mul_(self.curving(self.out))
+        return self.gate(v, self.out)
 
     def act_pass(self, v: Tensor | None) -> Tensor | None:
-        return _sum(None if v is None else self._gate(v), self.curvature)
+        return _sum(None if v is None else self.gate(v, self.out), self.curvature)
 
 
 class _Reshape(_Leaf):
@@ -476,9 +468,10 @@ class _CandidateGradients(torch.autograd.Function):
     def forward(ctx, x, labels, network, n, k):
         logits = network.forward(x)
         probabilities = torch.softmax(logits, dim=-1)
-        onehot = F.one_hot(labels, probabilities.shape[-1]).to(probabilities.dtype)
-        # Σ over candidates of each one's mean cross-entropy: its gradient w.r.t. the logits
-        network.signals((probabilities - onehot) / k, need_input=False)
+        # Σ over candidates of each one's mean cross-entropy: its gradient w.r.t. the logits, (p − onehot) / k
+        # (scattered: F.one_hot checks the labels' range on the host, a device sync per evaluation on a GPU)
+        minus_one = torch.full_like(probabilities[:, :1], -1.0)
+        network.signals(probabilities.scatter_add(1, labels[:, None], minus_one).div_(k), need_input=False)
         leaves = list(network.leaves())
         grads = [g for leaf in leaves if leaf.params for g in leaf.grads(n)]
         ctx.network, ctx.leaves, ctx.probabilities, ctx.k = network, leaves, probabilities, k
