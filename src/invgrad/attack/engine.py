@@ -5,8 +5,10 @@ gradient of the candidate (a per-restart gradient), then the gradient of the dis
 second-order quantity. A group of candidates is evaluated one of three ways (:meth:`Engine._path`):
 
 * one candidate: plain autograd on the model (``create_graph``), no torch.func — the single-image default;
-* many: one plain autograd graph for all, each candidate's parameter gradient assembled from the layer signals
-  (:mod:`invgrad.attack.persample`) — for FedSGD simulators, the ``sim``/``l2`` objectives and Conv/Linear/BN models;
+* many, for FedSGD simulators and the ``sim``/``l2`` objectives: each candidate's parameter gradient assembled from
+  the layer signals — written out by hand, no autograd graph, for the models :mod:`invgrad.attack.handwritten`
+  knows (LeNetZhu, MLPs, CIFAR ResNets) with hard labels; else one plain autograd graph for all
+  (:mod:`invgrad.attack.persample`, Conv/Linear/BN models);
 * otherwise ``vmap(grad_and_value(...))`` over restarts (inner) and experiments (outer) with ``torch.func``.
 
 All three compute the same mathematics; they differ at float rounding only. Adam and SGD act element-wise, so one
