@@ -31,7 +31,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..victim.models import BasicBlock, CIFARResNet
-from .persample import IMAGE_CHANNELS_MAX, _conv_ok, _grouped, _input_gradient
+from .persample import IMAGE_CHANNELS_MAX, _conv_ok, _grouped, _input_gradient, grouped_weight_gradient
 
 Tensor = torch.Tensor
 
@@ -120,12 +120,7 @@ class _Conv(_Leaf):
             self.patches = _patches(a, shape[-2:], self.geometry)  # [N, C·kh·kw, positions]
             weight = torch.bmm(s.reshape(n, shape[0], -1), self.patches.transpose(1, 2))
         else:
-            stride, padding, dilation = self.geometry
-            placeholder = s.new_empty((n * shape[0], *shape[1:]))  # only its shape is read
-            _, weight, _ = torch.ops.aten.convolution_backward(
-                _grouped(s, n), _grouped(a, n), placeholder, None, list(stride), list(padding), list(dilation),
-                False, [0, 0], n, [False, True, False],
-            )  # fmt: skip
+            weight = grouped_weight_gradient(_grouped(s, n), _grouped(a, n), shape, self.geometry, n)
         out = [weight.reshape(n, *shape)]
         if self.bias is not None:
             out.append(s.reshape(n, -1, shape[0], positions).sum((1, 3)))

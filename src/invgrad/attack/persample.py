@@ -94,6 +94,20 @@ def _input_gradient(grad, weight, size, geometry, groups: int) -> torch.Tensor:
         torch.backends.mkldnn.enabled = onednn
 
 
+def grouped_weight_gradient(d, a, shape, geometry, n: int) -> torch.Tensor:
+    """[N·O, C, kh, kw]: each of ``n`` groups' weight gradient of a convolution of weight ``shape`` with the grouped
+    signal ``d`` and input ``a`` ([K, N·O, ...], [K, N·C, ...]), summed over the K images (first order)."""
+    stride, padding, dilation = geometry
+    # Only the weight's shape is read: an uninitialised tensor has it without filling n copies of the weight
+    # (a repeat cost ResNet20 × 8 3 % of an evaluation; a zero-stride view was copied to a contiguous one).
+    placeholder = d.new_empty((n * shape[0], *shape[1:]))
+    _, weight, _ = torch.ops.aten.convolution_backward(
+        d, a, placeholder, None, list(stride), list(padding), list(dilation), False, [0, 0], n,
+        [False, True, False],
+    )  # fmt: skip
+    return weight
+
+
 class _GroupedWeightGradient(torch.autograd.Function):
     """Each candidate's weight gradient as one convolution backward with a group per candidate, and its
     gradient w.r.t. the signal (a grouped convolution of the input) and the input (a grouped input gradient)
@@ -106,15 +120,7 @@ class _GroupedWeightGradient(torch.autograd.Function):
     def forward(ctx, d, a, shape, geometry, n):
         ctx.save_for_backward(d, a)
         ctx.geometry, ctx.n = geometry, n
-        stride, padding, dilation = geometry
-        # Only the weight's shape is read: an uninitialised tensor has it without filling n copies of the weight
-        # (a repeat cost ResNet20 × 8 3 % of an evaluation; a zero-stride view was copied to a contiguous one).
-        placeholder = d.new_empty((n * shape[0], *shape[1:]))
-        _, weight, _ = torch.ops.aten.convolution_backward(
-            d, a, placeholder, None, list(stride), list(padding), list(dilation), False, [0, 0], n,
-            [False, True, False],
-        )  # fmt: skip
-        return weight
+        return grouped_weight_gradient(d, a, shape, geometry, n)
 
     @staticmethod
     @once_differentiable
