@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from invgrad import GradientReconstructor, make_config, shared_gradient
-from invgrad.attack import engine, objectives
+from invgrad.attack import engine, handwritten, objectives
 from invgrad.attack.engine import Engine, convolution_backend, convolution_macs, gradient_simulator
 from invgrad.attack.fedavg import FedAvgReconstructor
 from invgrad.attack.objectives import (
@@ -141,6 +141,77 @@ def test_expanded_path_equals_vmap_for_experiments_and_restarts(
     assert loss_x.shape == loss_b.shape == (2, 3)
     assert torch.allclose(loss_x, loss_b, rtol=1e-5)
     assert torch.allclose(expanded, batched, rtol=1e-4, atol=1e-4 * batched.abs().max())
+
+
+@pytest.mark.parametrize("cost_fn", ["sim", "l2"])
+@pytest.mark.parametrize("concat", [True, False])
+def test_graph_free_evaluation_equals_the_traced_one(
+    cifar_samples, cifar_stats, cost_fn, concat, monkeypatch
+):
+    """Hard labels, an unweighted objective and a written-out model: the expanded path runs with no autograd
+    graph (the hand-written pass, objective and TV gradients) and computes what its traced form computes, with
+    the objective's pieces concatenated or not (float64)."""
+    if not concat:
+        monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 100)
+    model = build_model("LeNetZhu", seed=0).double()
+    images, labels = cifar_samples
+    updates = [shared_gradient(model, images[i : i + 2].double(), labels[i : i + 2]) for i in (0, 2)]
+    targets = [torch.stack(per) for per in zip(*updates, strict=True)]
+    attack = _engine(model, cifar_stats, cost_fn=cost_fn)
+    calls = []
+    pullback = handwritten.candidate_gradients_and_pullback
+    monkeypatch.setattr(
+        handwritten, "candidate_gradients_and_pullback", lambda *a: calls.append(1) or pullback(*a)
+    )
+    y = torch.stack([labels[0:2], labels[2:4]])
+    evaluate = attack._expanded_gradients(targets, y, torch.ones(2, len(targets)), None)
+    x = [torch.randn(2, 3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)]
+    (free,), loss_free = evaluate(x)
+    assert calls == [1]
+    (traced,), loss_traced = evaluate.traced(x)
+    assert calls == [1]
+    torch.testing.assert_close(loss_free, loss_traced, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(free, traced, rtol=1e-10, atol=1e-12 * float(traced.abs().max()))
+
+
+@pytest.mark.parametrize("candidates, onednn", [(2, False), (4, True)])
+def test_a_groups_convolution_backend_counts_all_its_candidates(
+    lenet, cifar_samples, cifar_stats, candidates, onednn, monkeypatch
+):
+    """LeNetZhu has 0.69 M multiply-adds per image: 2 candidates stay below ONEDNN_MIN_MACS, 4 go above it."""
+    images, labels = cifar_samples
+    targets = [t[None] for t in shared_gradient(lenet, images[:1], labels[:1])]
+    chosen = []
+    monkeypatch.setattr(
+        engine, "convolution_backend", lambda use: chosen.append(use) or convolution_backend(use)
+    )
+    evaluate = _engine(lenet, cifar_stats)._expanded_gradients(
+        targets, labels[None, :1], torch.ones(1, len(targets)), None
+    )
+    evaluate([torch.randn(1, candidates, 1, 3, 32, 32)])
+    assert chosen == [onednn]
+
+
+def test_graph_free_evaluation_falls_back_where_it_does_not_apply(
+    lenet, cifar_samples, cifar_stats, monkeypatch
+):
+    """Weighted objectives and learned labels keep the traced form; a model the hand-written pass does not take
+    is found out at the first evaluation, which (and every later one) then runs traced."""
+    images, labels = cifar_samples
+    update = shared_gradient(lenet, images[:1], labels[:1])
+    targets = [t[None] for t in update]
+    attack = _engine(lenet, cifar_stats)
+    weighted, ones = torch.linspace(1, 0.3, len(update))[None], torch.ones(1, len(update))
+    assert not hasattr(attack._expanded_gradients(targets, labels[None, :1], weighted, None), "traced")
+    assert not hasattr(attack._expanded_gradients(targets, labels[None, :1], ones, 10), "traced")
+    monkeypatch.setattr(handwritten, "supports", lambda model: False)
+    attack = _engine(lenet, cifar_stats)  # a fresh simulator: support is decided once per simulator
+    evaluate = attack._expanded_gradients(targets, labels[None, :1], ones, None)
+    x = [torch.randn(1, 2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    for _ in range(2):
+        (fallback,), loss = evaluate(x)
+        (traced,), loss_traced = evaluate.traced(x)
+        assert torch.equal(fallback, traced) and torch.equal(loss, loss_traced)
 
 
 def test_expanded_path_with_label_logits_and_batchnorm(cifar_samples, cifar_stats):

@@ -42,7 +42,13 @@ from ..io import load_tensors, save_tensors
 from ..user.loss import training_loss  # the one definition shared with the user
 from . import handwritten
 from .lbfgs import BatchedLBFGS
-from .objectives import OBJECTIVES, candidate_total_variation, prepared_distance, total_variation
+from .objectives import (
+    OBJECTIVES,
+    candidate_total_variation,
+    candidate_total_variation_and_gradient,
+    prepared_distance,
+    total_variation,
+)
 from .persample import candidate_gradients, supports
 
 # simulate(params, buffers, x [K,C,H,W], labels [K] or [K, classes]) -> the shared update, one tensor per parameter
@@ -79,21 +85,32 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
 
     written_out: list[bool | None] = [None]
 
+    def hand_written(labels) -> bool:
+        if written_out[0] is None:  # decided once per simulator (per attack)
+            written_out[0] = handwritten.supports(model)
+        return written_out[0] and not labels.is_floating_point()
+
     def per_candidate(x, labels):
         """[N, K, ...] candidates -> per-candidate gradients [N, *p.shape]: written out by hand for the
         models :mod:`invgrad.attack.handwritten` knows, with hard labels, else one plain autograd graph (no
         vmap). Σ over candidates of each one's mean cross-entropy (training_loss) is the summed CE over K."""
-        if written_out[0] is None:  # decided once per simulator (per attack)
-            written_out[0] = handwritten.supports(model)
-        if written_out[0] and not labels.is_floating_point():
+        if hand_written(labels):
             return handwritten.candidate_gradients(model, x, labels)
         k = x.shape[1]
         return candidate_gradients(
             model, x, labels, lambda logits, y: F.cross_entropy(logits, y, reduction="sum") / k
         )
 
+    def per_candidate_and_pullback(x, labels):
+        """:func:`per_candidate`'s gradients and a function from their adjoints to ``x``'s, with no autograd
+        graph, where the hand-written pass applies; else None."""
+        if not hand_written(labels):
+            return None
+        return handwritten.candidate_gradients_and_pullback(model, x, labels)
+
     simulate.plain = plain
     simulate.per_candidate = per_candidate
+    simulate.per_candidate_and_pullback = per_candidate_and_pullback
     return simulate
 
 
@@ -477,23 +494,47 @@ class Engine:
         tv_weight = cfg["total_variation"]
         backend = None
 
+        def convolutions(x):
+            """The convolution backend, decided once per group from the batch's shape."""
+            nonlocal backend
+            if backend is None:
+                backend = (
+                    x.device.type != "cpu"
+                    or convolution_macs(self.model, x.flatten(0, 1)[:, 0]) * x.shape[2] >= ONEDNN_MIN_MACS
+                )
+            return convolution_backend(backend)
+
+        def graph_free(variables):
+            """:func:`evaluate` with every gradient written out (hand-written pass, objective and TV): no
+            autograd graph, engine or Function per evaluation; None where the model or labels have no
+            hand-written pass."""
+            x = variables[0]
+            e, r, k = x.shape[:3]
+            with convolutions(x), torch.no_grad():
+                hard = labels[:, None].expand(e, r, k).reshape(e * r, k)
+                written = with_pullback(x.reshape(e * r, *x.shape[2:]), hard)
+                if written is None:
+                    return None
+                trial, pullback = written
+                total, bars = distance.with_gradient([g.reshape(e, r, *g.shape[1:]) for g in trial])
+                x_bar = pullback([b.reshape(e * r, *b.shape[2:]) for b in bars]).reshape(x.shape)
+                if tv_weight:
+                    tv, tv_bar = candidate_total_variation_and_gradient(x)
+                    total = total + tv_weight * tv
+                    x_bar.add_(tv_bar, alpha=tv_weight)
+            return [x_bar], total
+
         def evaluate(variables, values=False):
             """(gradients, per-candidate losses with TV); with ``values``: (objective without TV, TV)."""
-            nonlocal backend
             leaves = [v.detach().requires_grad_(True) for v in variables]
             x = leaves[0]  # [E, R, K, C, H, W]
             e, r, k = x.shape[:3]
             flat_x = x.reshape(e * r, *x.shape[2:])
-            if backend is None:  # decided once per group, from the batch's shape
-                backend = (
-                    x.device.type != "cpu"
-                    or convolution_macs(self.model, flat_x[:, 0]) * k >= ONEDNN_MIN_MACS
-                )
             if learn_labels is None:
                 soft = labels[:, None].expand(e, r, k).reshape(e * r, k)
             else:
                 soft = torch.softmax(leaves[1], dim=-1).reshape(e * r, k, -1)
-            with convolution_backend(backend), torch.enable_grad():
+            with convolutions(x), torch.enable_grad():
                 trial = [g.reshape(e, r, *g.shape[1:]) for g in per_candidate(flat_x, soft)]
                 rec = distance(trial)
                 if values:
@@ -502,8 +543,24 @@ class Engine:
                 grads = torch.autograd.grad(total.sum(), leaves)
             return list(grads), total.detach()
 
+        with_pullback = getattr(self.simulate, "per_candidate_and_pullback", None)
         evaluate.values = lambda variables: evaluate(variables, values=True)
-        return evaluate
+        if with_pullback is None or learn_labels is not None or not hasattr(distance, "with_gradient"):
+            return evaluate
+        written: list[bool | None] = [None]  # whether the graph-free form applies, known at the first call
+
+        def first_graph_free(variables):
+            if written[0] is not False:
+                result = graph_free(variables)
+                written[0] = result is not None
+                if result is not None:
+                    return result
+            return evaluate(variables)
+
+        first_graph_free.values = evaluate.values
+        # what the memory probe measures: saved-tensor hooks see the traced form's state
+        first_graph_free.traced = evaluate
+        return first_graph_free
 
     def _plain_gradients(self, targets, labels, weights, learn_labels) -> Callable:
         """The same as :meth:`_gradients` for a group of one candidate, with plain autograd: no vmap, no
@@ -563,7 +620,7 @@ class Engine:
         variables = [v[pair] for v in starts]
         try:
             evaluate = self._group_gradients(*pair, targets, labels, weights, learn_labels)
-            measured = evaluation_bytes(evaluate, variables)
+            measured = evaluation_bytes(getattr(evaluate, "traced", evaluate), variables)
         except torch.OutOfMemoryError:
             return 1
         if measured is None:

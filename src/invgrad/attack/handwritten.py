@@ -463,46 +463,57 @@ def supports(model: nn.Module) -> bool:
     )
 
 
+def _forward(network, x: Tensor, labels: Tensor, n: int, k: int) -> tuple[tuple[Tensor, ...], dict]:
+    """Every candidate's parameter gradients, and the state :func:`_backward` reads (the steps keep the rest)."""
+    logits = network.forward(x)
+    probabilities = torch.softmax(logits, dim=-1)
+    # Σ over candidates of each one's mean cross-entropy: its gradient w.r.t. the logits, (p − onehot) / k
+    # (scattered: F.one_hot checks the labels' range on the host, a device sync per evaluation on a GPU)
+    minus_one = torch.full_like(probabilities[:, :1], -1.0)
+    network.signals(probabilities.scatter_add(1, labels[:, None], minus_one).div_(k), need_input=False)
+    leaves = list(network.leaves())
+    grads = tuple(g for leaf in leaves if leaf.params for g in leaf.grads(n))
+    return grads, dict(network=network, leaves=leaves, probabilities=probabilities, k=k)
+
+
+def _backward(state: dict, grad_bars) -> Tensor:
+    """The images' gradient from the adjoints of :func:`_forward`'s gradients. Once: the steps' state is released."""
+    leaves = state["leaves"]
+    try:
+        bars = iter(grad_bars)
+        for leaf in leaves:
+            if leaf.params:
+                leaf.bars = [next(bars) for _ in leaf.params]
+        logits_signal_bar = state["network"].signal_pass(None)
+        logits_bar = None
+        if logits_signal_bar is not None:  # the logits' signal is (softmax(logits) − onehot) / k
+            p, v = state["probabilities"], logits_signal_bar
+            logits_bar = p * (v - (p * v).sum(-1, keepdim=True)) / state["k"]
+        return state["network"].act_pass(logits_bar)
+    finally:
+        # Release what the steps kept now (also after an out-of-memory error), not when autograd drops the
+        # node: kept longer, they made each evaluation fault ~780 fresh pages.
+        for leaf in leaves:
+            vars(leaf).clear()
+
+
 class _CandidateGradients(torch.autograd.Function):
     """images -> every candidate's parameter gradients (forward), and their adjoints -> the images' (backward)."""
 
     @staticmethod
     def forward(ctx, x, labels, network, n, k):
-        logits = network.forward(x)
-        probabilities = torch.softmax(logits, dim=-1)
-        # Σ over candidates of each one's mean cross-entropy: its gradient w.r.t. the logits, (p − onehot) / k
-        # (scattered: F.one_hot checks the labels' range on the host, a device sync per evaluation on a GPU)
-        minus_one = torch.full_like(probabilities[:, :1], -1.0)
-        network.signals(probabilities.scatter_add(1, labels[:, None], minus_one).div_(k), need_input=False)
-        leaves = list(network.leaves())
-        grads = [g for leaf in leaves if leaf.params for g in leaf.grads(n)]
-        ctx.network, ctx.leaves, ctx.probabilities, ctx.k = network, leaves, probabilities, k
+        grads, ctx.state = _forward(network, x, labels, n, k)
         # What the backward reads, registered too, so that saved-tensor hooks (the engine's memory probe) see it.
+        leaves = ctx.state["leaves"]
         kept = {id(t): t for leaf in leaves for t in vars(leaf).values() if isinstance(t, Tensor)}
-        ctx.save_for_backward(probabilities, *kept.values())
-        return tuple(grads)
+        ctx.save_for_backward(ctx.state["probabilities"], *kept.values())
+        return grads
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_bars):
         ctx.saved_tensors  # noqa: B018 (unpacked for saved-tensor hooks; the same tensors are read below)
-        try:
-            bars = iter(grad_bars)
-            for leaf in ctx.leaves:
-                if leaf.params:
-                    leaf.bars = [next(bars) for _ in leaf.params]
-            logits_signal_bar = ctx.network.signal_pass(None)
-            logits_bar = None
-            if logits_signal_bar is not None:  # the logits' signal is (softmax(logits) − onehot) / k
-                p, v = ctx.probabilities, logits_signal_bar
-                logits_bar = p * (v - (p * v).sum(-1, keepdim=True)) / ctx.k
-            images_bar = ctx.network.act_pass(logits_bar)
-        finally:
-            # Release what the steps kept now (also after an out-of-memory error), not when autograd drops this
-            # node: kept longer, they made each evaluation fault ~780 fresh pages.
-            for leaf in ctx.leaves:
-                vars(leaf).clear()
-        return images_bar, None, None, None, None
+        return _backward(ctx.state, grad_bars), None, None, None, None
 
 
 def candidate_gradients(model: nn.Module, x: Tensor, labels: Tensor) -> list[Tensor]:
@@ -512,3 +523,14 @@ def candidate_gradients(model: nn.Module, x: Tensor, labels: Tensor) -> list[Ten
     n, k = x.shape[:2]
     flat = x.reshape(n * k, *x.shape[2:])
     return list(_CandidateGradients.apply(flat, labels.reshape(-1), plan(model), n, k))
+
+
+def candidate_gradients_and_pullback(
+    model: nn.Module, x: Tensor, labels: Tensor
+) -> tuple[list[Tensor], Callable[[list[Tensor]], Tensor]]:
+    """:func:`candidate_gradients` without autograd: the gradients, and a function (to call once) from their
+    adjoints to ``x``'s. For callers whose objective's gradient is written out too (the engine's graph-free
+    evaluation): no graph, no engine, no Function to run per evaluation."""
+    n, k = x.shape[:2]
+    grads, state = _forward(plan(model), x.reshape(n * k, *x.shape[2:]), labels.reshape(-1), n, k)
+    return list(grads), lambda bars: _backward(state, bars).reshape(x.shape)

@@ -80,23 +80,34 @@ class _CandidateTotalVariation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        dx, dy = x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :]
-        ctx.save_for_backward(dx.sign(), dy.sign())
+        value, signs = _tv_forward(x)
+        ctx.save_for_backward(*signs)
         ctx.shape = x.shape
-        axes = (-4, -3, -2, -1)
-        return dx.abs().mean(axes) + dy.abs().mean(axes)
+        return value
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        sx, sy = ctx.saved_tensors
-        nx, ny = math.prod(sx.shape[-4:]), math.prod(sy.shape[-4:])  # entries per candidate
-        out = grad.new_zeros(ctx.shape)
-        out[..., :, :-1].add_(sx, alpha=1 / nx)
-        out[..., :, 1:].sub_(sx, alpha=1 / nx)
-        out[..., :-1, :].add_(sy, alpha=1 / ny)
-        out[..., 1:, :].sub_(sy, alpha=1 / ny)
-        return out.mul_(grad.reshape(*grad.shape, 1, 1, 1, 1))
+        return _tv_unit_gradient(ctx.saved_tensors, ctx.shape).mul_(grad.reshape(*grad.shape, 1, 1, 1, 1))
+
+
+def _tv_forward(x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Each candidate's TV, and the signs of its horizontal and vertical differences."""
+    dx, dy = x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :]
+    axes = (-4, -3, -2, -1)
+    return dx.abs().mean(axes) + dy.abs().mean(axes), (dx.sign(), dy.sign())
+
+
+def _tv_unit_gradient(signs, shape) -> torch.Tensor:
+    """Each candidate's TV gradient (unit output gradient), from :func:`_tv_forward`'s signs."""
+    sx, sy = signs
+    nx, ny = math.prod(sx.shape[-4:]), math.prod(sy.shape[-4:])  # entries per candidate
+    out = sx.new_zeros(shape)
+    out[..., :, :-1].add_(sx, alpha=1 / nx)
+    out[..., :, 1:].sub_(sx, alpha=1 / nx)
+    out[..., :-1, :].add_(sy, alpha=1 / ny)
+    out[..., 1:, :].sub_(sy, alpha=1 / ny)
+    return out
 
 
 def candidate_total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +115,12 @@ def candidate_total_variation(x: torch.Tensor) -> torch.Tensor:
     of a [K, C, H, W] batch, a scalar equal to :func:`total_variation`'s. Not for torch.func's transforms (a
     classic autograd Function): the vmap path uses :func:`total_variation`."""
     return _CandidateTotalVariation.apply(x)
+
+
+def candidate_total_variation_and_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`candidate_total_variation` and the gradient of their sum, without autograd."""
+    value, signs = _tv_forward(x)
+    return value, _tv_unit_gradient(signs, x.shape)
 
 
 def _selection_mask(indices: str, target: Tensors) -> torch.Tensor:
@@ -151,6 +168,14 @@ CONCAT_MAX_ENTRIES = 100_000
 def _pieces(tensors: Tensors, lead: int, concat: bool) -> list[torch.Tensor]:
     flat = [t.reshape(*t.shape[:lead], -1) for t in tensors]
     return [torch.cat(flat, dim=-1)] if concat else flat
+
+
+def _unpieces(pieces: list[torch.Tensor], like: Tensors, lead: int) -> list[torch.Tensor]:
+    """The inverse of :func:`_pieces`: views of the pieces shaped as the tensors ``like``."""
+    if len(pieces) == len(like):
+        return [p.reshape(t.shape) for p, t in zip(pieces, like, strict=True)]
+    sizes = [t[(0,) * lead].numel() for t in like]
+    return [p.reshape(t.shape) for p, t in zip(pieces[0].split(sizes, dim=-1), like, strict=True)]
 
 
 def _weight_pieces(target: Tensors, w: torch.Tensor, lead: int, concat: bool) -> list[torch.Tensor] | None:
@@ -203,25 +228,31 @@ class _UnweightedCosine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, target_norm, count, *pieces):
         g, t = pieces[:count], pieces[count:]
-        dot = sum(_rowdot(x, y) for x, y in zip(g, t, strict=True))
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x, dim=-1) for x in g]), dim=0)
+        value, dot, norm = _cosine_forward(target_norm, g, t)
         ctx.save_for_backward(target_norm, dot, norm, *pieces)
         ctx.count = count
-        return 1 - dot / (norm * target_norm)
+        return value
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         target_norm, dot, norm, *pieces = ctx.saved_tensors
         g, t = pieces[: ctx.count], pieces[ctx.count :]
-        a = (-grad_out / (norm * target_norm))[..., None]
-        b = (grad_out * dot / (target_norm * norm**3))[..., None]
-        return (
-            None,
-            None,
-            *[x.mul_(b).addcmul_(y, a) for x, y in zip(g, t, strict=True)],
-            *[None] * len(t),
-        )
+        return None, None, *_cosine_backward(grad_out, target_norm, dot, norm, g, t), *[None] * len(t)
+
+
+def _cosine_forward(target_norm, g, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(1 − <g, t>/(|g| |t|), <g, t>, |g|) over the pieces."""
+    dot = sum(_rowdot(x, y) for x, y in zip(g, t, strict=True))
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x, dim=-1) for x in g]), dim=0)
+    return 1 - dot / (norm * target_norm), dot, norm
+
+
+def _cosine_backward(grad_out, target_norm, dot, norm, g, t) -> list[torch.Tensor]:
+    """The pieces of g's gradient, written over g."""
+    a = (-grad_out / (norm * target_norm))[..., None]
+    b = (grad_out * dot / (target_norm * norm**3))[..., None]
+    return [x.mul_(b).addcmul_(y, a) for x, y in zip(g, t, strict=True)]
 
 
 def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDistance:
@@ -236,6 +267,14 @@ def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDis
             return _UnweightedCosine.apply(target_norm, len(g), *g, *flat)
         return 1 - _dot(g, weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
 
+    def with_gradient(trial: Tensors) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        g = _pieces(trial, lead, concat)
+        value, dot, norm = _cosine_forward(target_norm, g, flat)
+        pieces = _cosine_backward(torch.ones_like(value), target_norm, dot, norm, g, flat)
+        return value, _unpieces(pieces, trial, lead)
+
+    if weight is None:
+        distance.with_gradient = with_gradient
     return distance
 
 
@@ -263,9 +302,17 @@ def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor, lead: int) -> 
     weight = _weight_pieces(target, w, lead, concat)
     if weight is None:
         pieces = _pieces(target, lead, concat=False)
-        return lambda trial: _UnweightedSquaredDistance.apply(
-            len(pieces), *_pieces(trial, lead, concat=False), *pieces
-        )
+
+        def unweighted(trial: Tensors) -> torch.Tensor:
+            return _UnweightedSquaredDistance.apply(len(pieces), *_pieces(trial, lead, concat=False), *pieces)
+
+        def with_gradient(trial: Tensors) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            differences = [g - t for g, t in zip(_pieces(trial, lead, concat=False), pieces, strict=True)]
+            value = _dot(differences, differences)
+            return value, _unpieces([d.mul_(2) for d in differences], trial, lead)
+
+        unweighted.with_gradient = with_gradient
+        return unweighted
     flat = _pieces(target, lead, concat)
 
     def distance(trial: Tensors) -> torch.Tensor:
