@@ -146,15 +146,15 @@ def test_expanded_path_equals_vmap_for_experiments_and_restarts(
 @pytest.mark.parametrize("cost_fn", ["sim", "l2"])
 @pytest.mark.parametrize("concat", [True, False])
 def test_graph_free_evaluation_equals_the_traced_one(
-    cifar_samples, cifar_stats, cost_fn, concat, monkeypatch
+    cifar_samples, cifar_stats, cost_fn, concat, monkeypatch, device
 ):
     """Hard labels, an unweighted objective and a written-out model: the expanded path runs with no autograd
     graph (the hand-written pass, objective and TV gradients) and computes what its traced form computes, with
     the objective's pieces concatenated or not (float64)."""
     if not concat:
         monkeypatch.setattr(objectives, "CONCAT_MAX_ENTRIES", 100)
-    model = build_model("LeNetZhu", seed=0).double()
-    images, labels = cifar_samples
+    model = build_model("LeNetZhu", seed=0).double().to(device)
+    images, labels = (t.to(device) for t in cifar_samples)
     updates = [shared_gradient(model, images[i : i + 2].double(), labels[i : i + 2]) for i in (0, 2)]
     targets = [torch.stack(per) for per in zip(*updates, strict=True)]
     attack = _engine(model, cifar_stats, cost_fn=cost_fn)
@@ -166,9 +166,9 @@ def test_graph_free_evaluation_equals_the_traced_one(
     y = torch.stack([labels[0:2], labels[2:4]])
     evaluate = attack._expanded_gradients(targets, y, torch.ones(2, len(targets)), None)
     x = [torch.randn(2, 3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)]
-    (free,), loss_free = evaluate(x)
+    (free,), loss_free = evaluate([v.to(device) for v in x])
     assert calls == [1]
-    (traced,), loss_traced = evaluate.traced(x)
+    (traced,), loss_traced = evaluate.traced([v.to(device) for v in x])
     assert calls == [1]
     torch.testing.assert_close(loss_free, loss_traced, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(free, traced, rtol=1e-10, atol=1e-12 * float(traced.abs().max()))
