@@ -95,7 +95,7 @@ def test_gradients_and_their_image_gradient_equal_torch_func(name, images, devic
     for a, b, c in zip(ours, expected, free, strict=True):
         assert a.shape == b.shape
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-        assert torch.equal(c, a)
+        assert torch.allclose(c, a, rtol=1e-12, atol=1e-14)  # the same kernels (a GPU's may not be bit-exact)
     assert float(expected_dx.abs().max()) > 0
     assert torch.allclose(ours_dx, expected_dx, rtol=1e-10, atol=1e-12)
     assert free_dx.shape == x.shape
