@@ -12,8 +12,7 @@ from invgrad.victim.models import build_model, mlp
 
 def _odd_sequential() -> nn.Sequential:
     """Every supported layer: strided, dilated and 1×1 convolutions with and without bias (output paddings along
-    the way), on fewer and more than CHANNELS_LAST_MIN channels, the three activations, a flatten and a linear
-    head."""
+    the way), the three activations, a flatten and a linear head."""
     gen = torch.Generator().manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, stride=2, padding=1),  # 11 -> 6
@@ -24,9 +23,9 @@ def _odd_sequential() -> nn.Sequential:
         nn.ReLU(),
         nn.Conv2d(6, 8, 3, stride=1, padding=1),  # stride 1: the flipped-kernel input gradient
         nn.Tanh(),
-        nn.Conv2d(8, 9, 3, padding=2, dilation=2),  # 8 channels and more: channels-last patches
+        nn.Conv2d(8, 9, 3, padding=2, dilation=2),
         nn.Sigmoid(),
-        nn.Conv2d(9, 4, 3, stride=2, padding=1, bias=False),  # 3 -> 2, channels-last too
+        nn.Conv2d(9, 4, 3, stride=2, padding=1, bias=False),  # 3 -> 2
         nn.Tanh(),
         nn.Flatten(),
         nn.Linear(4 * 2 * 2, 7),

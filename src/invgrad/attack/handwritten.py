@@ -61,41 +61,16 @@ def _ungrouped(t: Tensor, n: int) -> Tensor:
     return t.reshape(k, n, -1, *t.shape[2:]).transpose(0, 1).reshape(n * k, -1, *t.shape[2:])
 
 
-def _patches(a: Tensor, kernel: tuple[int, int], geometry, channels_last: bool) -> Tensor:
-    """The unfolded input of a zero-padded convolution as one strided copy of the padded input (F.unfold took
-    twice as long on LeNetZhu's layers): [N, C·kh·kw, positions], or [N, positions, kh·kw·C] from a channels-last
-    copy of the input, whose windows' rows are runs of kw·C adjacent values instead of a few output columns."""
+def _patches(a: Tensor, kernel: tuple[int, int], geometry) -> Tensor:
+    """The unfolded input [N, C·kh·kw, positions] of a zero-padded convolution, as one strided copy of the padded
+    input (F.unfold took twice as long on LeNetZhu's layers)."""
     (sh, sw), (ph, pw), (dh, dw) = geometry
     (kh, kw), (n, c, h, w) = kernel, a.shape
-    rows, cols = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if channels_last:
-        padded = F.pad(a.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # [N, H, W, C]
-        s0, s1, s2, s3 = padded.stride()
-        windows = padded.as_strided((n, rows, cols, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3))
-        return windows.reshape(n, rows * cols, kh * kw * c)
     padded = F.pad(a, (pw, pw, ph, ph))
+    rows, cols = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     s0, s1, s2, s3 = padded.stride()
     windows = padded.as_strided((n, c, kh, kw, rows, cols), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
     return windows.reshape(n, c * kh * kw, rows * cols)
-
-
-# Patches come channels-last from this many input channels on, where a layer has at least as many output positions
-# as channels (its patches outweigh its weight, which then is permuted twice per evaluation). 8 candidates:
-# LeNetZhu's 12-channel layers 267 against 312 µs and 249 against 294 µs (weight gradient and its adjoint),
-# ResNet20 × 8 0.85× a whole evaluation; its 3-channel images the other way round (patches 102 against 80 µs),
-# and ResNet20-4's 256-channel 8×8 stage too (× 4: 1.05×).
-CHANNELS_LAST_MIN = 8
-
-
-def _to_channels_last(w: Tensor) -> Tensor:
-    """[N, O, C, kh, kw] -> [N, O, kh·kw·C]: a weight's entries in the order of channels-last patches."""
-    return w.permute(0, 1, 3, 4, 2).reshape(*w.shape[:2], -1)
-
-
-def _from_channels_last(w: Tensor, shape) -> Tensor:
-    """The inverse of :func:`_to_channels_last` for a weight of ``shape`` [O, C, kh, kw]."""
-    o, c, kh, kw = shape
-    return w.reshape(-1, o, kh, kw, c).permute(0, 1, 4, 2, 3).contiguous()
 
 
 # One image per candidate: the weight gradient and its adjoint as batched products with the input's patches where
@@ -150,12 +125,8 @@ class _Conv(_Leaf):
         a, s, shape = self.a, self.s, self.weight.shape
         positions = s.shape[-2] * s.shape[-1]
         if a.shape[0] == n and (positions <= PATCHES_MAX_POSITIONS or shape[0] % CHANNEL_BLOCK):
-            self.last = shape[1] >= CHANNELS_LAST_MIN and positions >= shape[0]
-            self.patches = _patches(a, shape[-2:], self.geometry, self.last)
-            if self.last:
-                weight = _from_channels_last(torch.bmm(s.reshape(n, shape[0], -1), self.patches), shape)
-            else:
-                weight = torch.bmm(s.reshape(n, shape[0], -1), self.patches.transpose(1, 2))
+            self.patches = _patches(a, shape[-2:], self.geometry)  # [N, C·kh·kw, positions]
+            weight = torch.bmm(s.reshape(n, shape[0], -1), self.patches.transpose(1, 2))
         else:
             weight = grouped_weight_gradient(_grouped(s, n), _grouped(a, n), shape, self.geometry, n)
         out = [weight.reshape(n, *shape)]
@@ -176,10 +147,7 @@ class _Conv(_Leaf):
         n, shape = self.bars[0].shape[0], self.weight.shape
         through = None
         if self.patches is not None:
-            if self.last:
-                own = torch.bmm(_to_channels_last(self.bars[0]), self.patches.transpose(1, 2))
-            else:
-                own = torch.bmm(self.bars[0].reshape(n, shape[0], -1), self.patches)  # [N, O, positions]
+            own = torch.bmm(self.bars[0].reshape(n, shape[0], -1), self.patches)  # [N, O, positions]
             through = self._forward_linear(v)
         elif v is None:
             weight_bar = self.bars[0].reshape(-1, *shape[1:])  # [N·O, C, kh, kw]
