@@ -487,7 +487,8 @@ class Engine:
     def _expanded_gradients(self, targets, labels, weights, learn_labels) -> Callable:
         """:meth:`_gradients` for E × R candidates without vmap: one forward/backward of all E·R·K images with
         per-candidate parameter gradients (:func:`invgrad.attack.persample.candidate_gradients`); equal to the vmap path
-        up to float rounding."""
+        up to float rounding. Where every gradient is written out (hand-written pass, hard labels, an objective with
+        ``with_gradient``), no graph at all: ``graph_free``, with the traced form kept as ``.traced``."""
         cfg = self.cfg
         per_candidate = self.simulate.per_candidate
         distance = prepared_distance(cfg["cost_fn"], [t[:, None] for t in targets], weights[:, None], lead=2)
@@ -547,20 +548,21 @@ class Engine:
         evaluate.values = lambda variables: evaluate(variables, values=True)
         if with_pullback is None or learn_labels is not None or not hasattr(distance, "with_gradient"):
             return evaluate
-        written: list[bool | None] = [None]  # whether the graph-free form applies, known at the first call
+        applies: bool | None = None  # whether the graph-free form applies, known at the first call
 
-        def first_graph_free(variables):
-            if written[0] is not False:
+        def graph_free_or_traced(variables):
+            nonlocal applies
+            if applies is not False:
                 result = graph_free(variables)
-                written[0] = result is not None
-                if result is not None:
+                applies = result is not None
+                if applies:
                     return result
             return evaluate(variables)
 
-        first_graph_free.values = evaluate.values
+        graph_free_or_traced.values = evaluate.values
         # what the memory probe measures: saved-tensor hooks see the traced form's state
-        first_graph_free.traced = evaluate
-        return first_graph_free
+        graph_free_or_traced.traced = evaluate
+        return graph_free_or_traced
 
     def _plain_gradients(self, targets, labels, weights, learn_labels) -> Callable:
         """The same as :meth:`_gradients` for a group of one candidate, with plain autograd: no vmap, no
