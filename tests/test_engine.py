@@ -79,6 +79,37 @@ def test_plain_path_gradient_equals_the_batched_one(lenet, cifar_samples, cifar_
     assert float(loss_p) == pytest.approx(float(loss_b), rel=1e-5)
 
 
+@pytest.mark.parametrize("cost_fn", ["sim", "l2", "simlocal"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_one_candidate_runs_graph_free_where_every_gradient_is_written_out(
+    cifar_samples, cifar_stats, cost_fn, weighted, device
+):
+    """Unweighted cosine or squared distance with hard labels on LeNet (Zhu): graph-free, equal to the plain path
+    (float64); otherwise the plain path itself."""
+    model = build_model("LeNetZhu", seed=0).double().to(device)
+    images, labels = (t.to(device) for t in cifar_samples)
+    update = shared_gradient(model, images[:1].double(), labels[:1])
+    engine = _engine(model, cifar_stats, cost_fn=cost_fn)
+    targets = [t[None] for t in update]
+    weights = (torch.linspace(1, 0.3, len(update)) if weighted else torch.ones(len(update)))[None].to(device)
+    evaluate = engine._path(1)(targets, labels[None, :1], weights.double(), None)
+    graph_free = cost_fn != "simlocal" and not weighted
+    assert hasattr(evaluate, "traced") is graph_free
+    x = [torch.randn(1, 1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)]
+    x = [v.to(device) for v in x]
+    (ours,), loss = evaluate(x)
+    (plain,), loss_p = engine._plain_gradients(targets, labels[None, :1], weights.double(), None)(x)
+    assert ours.shape == plain.shape and loss.shape == loss_p.shape == (1, 1)
+    torch.testing.assert_close(ours, plain, rtol=1e-9, atol=1e-12 * float(plain.abs().max()))
+    torch.testing.assert_close(loss, loss_p, rtol=1e-12, atol=0)
+    values, plain_values = (
+        evaluate.values(x),
+        engine._plain_gradients(targets, labels[None, :1], weights, None).values(x),
+    )
+    for a, b in zip(values, plain_values, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
 def test_plain_path_learns_label_logits_like_the_batched_one(lenet, cifar_samples, cifar_stats):
     images, labels = cifar_samples
     update = shared_gradient(lenet, images[:1], labels[:1])

@@ -476,19 +476,30 @@ class Engine:
         gradients for many when the simulator, model and objective allow it (see :mod:`invgrad.attack.persample`),
         else vmap over torch.func."""
         if candidates == 1:
-            return self._plain_gradients
-        expandable = (
+            return self._one_candidate_gradients
+        return self._expanded_gradients if self._expandable() else self._gradients
+
+    def _expandable(self) -> bool:
+        return (
             getattr(self.simulate, "per_candidate", None) is not None
             and self.cfg["cost_fn"] in ("sim", "l2")
             and supports(self.model)
         )
-        return self._expanded_gradients if expandable else self._gradients
 
-    def _expanded_gradients(self, targets, labels, weights, learn_labels) -> Callable:
+    def _one_candidate_gradients(self, targets, labels, weights, learn_labels) -> Callable:
+        """One candidate: graph-free where every gradient is written out (see :meth:`_expanded_gradients`; LeNet
+        (Zhu), one image: 0.87× the plain path's time over whole attacks), else :meth:`_plain_gradients`."""
+        plain = self._plain_gradients(targets, labels, weights, learn_labels)
+        if not self._expandable():
+            return plain
+        return self._expanded_gradients(targets, labels, weights, learn_labels, fallback=plain)
+
+    def _expanded_gradients(self, targets, labels, weights, learn_labels, fallback=None) -> Callable:
         """:meth:`_gradients` for E × R candidates without vmap: one forward/backward of all E·R·K images with
         per-candidate parameter gradients (:func:`invgrad.attack.persample.candidate_gradients`); equal to the vmap path
         up to float rounding. Where every gradient is written out (hand-written pass, hard labels, an objective with
-        ``with_gradient``), no graph at all: ``graph_free``, with the traced form kept as ``.traced``."""
+        ``with_gradient``), no graph at all: ``graph_free``, with the traced form (or ``fallback``, an evaluation of
+        the same candidates) kept as ``.traced`` and used wherever the graph-free form does not apply."""
         cfg = self.cfg
         per_candidate = self.simulate.per_candidate
         distance = prepared_distance(cfg["cost_fn"], [t[:, None] for t in targets], weights[:, None], lead=2)
@@ -546,8 +557,9 @@ class Engine:
 
         with_pullback = getattr(self.simulate, "per_candidate_and_pullback", None)
         evaluate.values = lambda variables: evaluate(variables, values=True)
+        traced = fallback or evaluate
         if with_pullback is None or learn_labels is not None or not hasattr(distance, "with_gradient"):
-            return evaluate
+            return traced
         applies: bool | None = None  # whether the graph-free form applies, known at the first call
 
         def graph_free_or_traced(variables):
@@ -557,11 +569,11 @@ class Engine:
                 applies = result is not None
                 if applies:
                     return result
-            return evaluate(variables)
+            return traced(variables)
 
-        graph_free_or_traced.values = evaluate.values
+        graph_free_or_traced.values = traced.values
         # what the memory probe measures: saved-tensor hooks see the traced form's state
-        graph_free_or_traced.traced = evaluate
+        graph_free_or_traced.traced = traced
         return graph_free_or_traced
 
     def _plain_gradients(self, targets, labels, weights, learn_labels) -> Callable:
