@@ -86,6 +86,7 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
     written_out: list[bool | None] = [None]
 
     def hand_written(labels) -> bool:
+        """Whether the hand-written pass takes these labels on this model (hard labels only)."""
         if written_out[0] is None:  # decided once per simulator (per attack)
             written_out[0] = handwritten.supports(model)
         return written_out[0] and not labels.is_floating_point()
@@ -103,13 +104,12 @@ def gradient_simulator(model: torch.nn.Module) -> Simulator:
 
     def per_candidate_and_pullback(x, labels):
         """:func:`per_candidate`'s gradients and a function from their adjoints to ``x``'s, with no autograd
-        graph, where the hand-written pass applies; else None."""
-        if not hand_written(labels):
-            return None
+        graph; only where :func:`hand_written` holds."""
         return handwritten.candidate_gradients_and_pullback(model, x, labels)
 
     simulate.plain = plain
     simulate.per_candidate = per_candidate
+    simulate.hand_written = hand_written
     simulate.per_candidate_and_pullback = per_candidate_and_pullback
     return simulate
 
@@ -499,7 +499,7 @@ class Engine:
         per-candidate parameter gradients (:func:`invgrad.attack.persample.candidate_gradients`); equal to the vmap path
         up to float rounding. Where every gradient is written out (hand-written pass, hard labels, an objective with
         ``with_gradient``), no graph at all: ``graph_free``, with the traced form (or ``fallback``, an evaluation of
-        the same candidates) kept as ``.traced`` and used wherever the graph-free form does not apply."""
+        the same candidates) kept as ``.traced``; elsewhere that traced form (or ``fallback``) itself."""
         cfg = self.cfg
         per_candidate = self.simulate.per_candidate
         distance = prepared_distance(cfg["cost_fn"], [t[:, None] for t in targets], weights[:, None], lead=2)
@@ -518,16 +518,14 @@ class Engine:
 
         def graph_free(variables):
             """:func:`evaluate` with every gradient written out (hand-written pass, objective and TV): no
-            autograd graph, engine or Function per evaluation; None where the model or labels have no
-            hand-written pass."""
+            autograd graph, engine or Function per evaluation."""
             x = variables[0]
             e, r, k = x.shape[:3]
             with convolutions(x), torch.no_grad():
                 hard = labels[:, None].expand(e, r, k).reshape(e * r, k)
-                written = with_pullback(x.reshape(e * r, *x.shape[2:]), hard)
-                if written is None:
-                    return None
-                trial, pullback = written
+                trial, pullback = self.simulate.per_candidate_and_pullback(
+                    x.reshape(e * r, *x.shape[2:]), hard
+                )
                 total, bars = distance.with_gradient([g.reshape(e, r, *g.shape[1:]) for g in trial])
                 x_bar = pullback([b.reshape(e * r, *b.shape[2:]) for b in bars]).reshape(x.shape)
                 if tv_weight:
@@ -555,26 +553,19 @@ class Engine:
                 grads = torch.autograd.grad(total.sum(), leaves)
             return list(grads), total.detach()
 
-        with_pullback = getattr(self.simulate, "per_candidate_and_pullback", None)
         evaluate.values = lambda variables: evaluate(variables, values=True)
         traced = fallback or evaluate
-        if with_pullback is None or learn_labels is not None or not hasattr(distance, "with_gradient"):
+        written_out = getattr(self.simulate, "hand_written", None)
+        if (
+            learn_labels is not None
+            or written_out is None
+            or not written_out(labels)
+            or not hasattr(distance, "with_gradient")
+        ):
             return traced
-        applies: bool | None = None  # whether the graph-free form applies, known at the first call
-
-        def graph_free_or_traced(variables):
-            nonlocal applies
-            if applies is not False:
-                result = graph_free(variables)
-                applies = result is not None
-                if applies:
-                    return result
-            return traced(variables)
-
-        graph_free_or_traced.values = traced.values
-        # what the memory probe measures: saved-tensor hooks see the traced form's state
-        graph_free_or_traced.traced = traced
-        return graph_free_or_traced
+        graph_free.values = traced.values
+        graph_free.traced = traced  # what the memory probe measures: saved-tensor hooks see its state
+        return graph_free
 
     def _plain_gradients(self, targets, labels, weights, learn_labels) -> Callable:
         """The same as :meth:`_gradients` for a group of one candidate, with plain autograd: no vmap, no
