@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from invgrad import GradientReconstructor, make_config, metrics, shared_gradient
-from invgrad.attack import engine
+from invgrad.attack import engine, resume
 from invgrad.attack.engine import EngineResult, gradient_simulator, median_filter3, split_parameters
 from invgrad.attack.labels import idlg_label
 from invgrad.attack.objectives import OBJECTIVES
@@ -233,10 +233,10 @@ def test_interrupted_attack_resumes_bit_identical(lenet, cifar_samples, cifar_st
         if iteration == 12:
             raise Preempted
 
-    original = engine.ResumeState.checkpoint
+    original = resume.ResumeState.checkpoint
     attacker = GradientReconstructor(lenet, cifar_stats, _config(restarts=2, max_iterations=30))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine.ResumeState, "checkpoint", stop_after_12)
+        patch.setattr(resume.ResumeState, "checkpoint", stop_after_12)
         with pytest.raises(Preempted):
             attacker.reconstruct_many(updates, label_sets, state_path=state, save_every=4)
     assert state.exists()
@@ -246,12 +246,25 @@ def test_interrupted_attack_resumes_bit_identical(lenet, cifar_samples, cifar_st
     assert not state.exists()  # removed once the attack finished
 
 
-def test_state_of_another_attack_is_refused(lenet, cifar_samples, cifar_stats, tmp_path):
+def test_state_of_another_attack_is_set_aside_and_the_attack_starts_fresh(
+    lenet, cifar_samples, cifar_stats, tmp_path, caplog
+):
     images, labels = cifar_samples
     update = shared_gradient(lenet, images[:1], labels[:1])
     state = tmp_path / "state.pt"
-    engine.ResumeState(state, "some-other-attack", 1).checkpoint(
-        0, 1, [torch.zeros(1)], torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), None
+    resume.ResumeState(state, "some-other-attack", 1).checkpoint(
+        resume.GroupKey(0, (0, 1, 0, 1)),
+        1,
+        [torch.zeros(1)],
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+        None,
     )
-    with pytest.raises(ValueError, match="different attack"):
-        GradientReconstructor(lenet, cifar_stats, _config()).reconstruct(update, labels[:1], state_path=state)
+    fresh, _ = GradientReconstructor(lenet, cifar_stats, _config()).reconstruct(update, labels[:1])
+    with caplog.at_level("WARNING", logger="invgrad.attack.resume"):
+        got, _ = GradientReconstructor(lenet, cifar_stats, _config()).reconstruct(
+            update, labels[:1], state_path=state
+        )
+    assert torch.equal(got, fresh)
+    assert (tmp_path / "state.pt.stale").exists() and not state.exists()
+    assert [r.getMessage() for r in caplog.records if "another attack" in r.getMessage()] != []
+    assert len(caplog.records) == 1

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from invgrad import GradientReconstructor, make_config, shared_gradient
-from invgrad.attack import engine, handwritten, objectives
-from invgrad.attack.engine import Engine, convolution_backend, convolution_macs, gradient_simulator
+from invgrad.attack import engine, evaluation, handwritten, memory, objectives, resume
+from invgrad.attack.engine import Engine, gradient_simulator
+from invgrad.attack.evaluation import Evaluations, convolution_backend, convolution_macs
 from invgrad.attack.fedavg import FedAvgReconstructor
 from invgrad.attack.objectives import (
     OBJECTIVES,
@@ -72,8 +73,8 @@ def test_plain_path_gradient_equals_the_batched_one(lenet, cifar_samples, cifar_
     targets = [t[None] for t in update]
     weights = (torch.linspace(1, 0.3, len(update)) if weighted else torch.ones(len(update)))[None]
     x = [torch.randn(1, 1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
-    (batched,), loss_b = engine._gradients(targets, labels[None, :1], weights, None)(x)
-    (plain,), loss_p = engine._plain_gradients(targets, labels[None, :1], weights, None)(x)
+    (batched,), loss_b = engine.evaluations.vmapped(targets, labels[None, :1], weights, None)(x)
+    (plain,), loss_p = engine.evaluations.plain(targets, labels[None, :1], weights, None)(x)
     assert plain.shape == batched.shape and loss_p.shape == loss_b.shape == (1, 1)
     assert torch.allclose(plain, batched, rtol=1e-4, atol=1e-4 * batched.abs().max())
     assert float(loss_p) == pytest.approx(float(loss_b), rel=1e-5)
@@ -92,19 +93,19 @@ def test_one_candidate_runs_graph_free_where_every_gradient_is_written_out(
     engine = _engine(model, cifar_stats, cost_fn=cost_fn)
     targets = [t[None] for t in update]
     weights = (torch.linspace(1, 0.3, len(update)) if weighted else torch.ones(len(update)))[None].to(device)
-    evaluate = engine._path(1)(targets, labels[None, :1], weights.double(), None)
+    evaluate = engine.evaluations.path(1)(targets, labels[None, :1], weights.double(), None)
     graph_free = cost_fn != "simlocal" and not weighted
-    assert hasattr(evaluate, "traced") is graph_free
+    assert (evaluate.traced is not None) is graph_free
     x = [torch.randn(1, 1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)]
     x = [v.to(device) for v in x]
     (ours,), loss = evaluate(x)
-    (plain,), loss_p = engine._plain_gradients(targets, labels[None, :1], weights.double(), None)(x)
+    (plain,), loss_p = engine.evaluations.plain(targets, labels[None, :1], weights.double(), None)(x)
     assert ours.shape == plain.shape and loss.shape == loss_p.shape == (1, 1)
     torch.testing.assert_close(ours, plain, rtol=1e-9, atol=1e-12 * float(plain.abs().max()))
     torch.testing.assert_close(loss, loss_p, rtol=1e-12, atol=0)
     values, plain_values = (
         evaluate.values(x),
-        engine._plain_gradients(targets, labels[None, :1], weights, None).values(x),
+        engine.evaluations.plain(targets, labels[None, :1], weights, None).values(x),
     )
     for a, b in zip(values, plain_values, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
@@ -117,8 +118,8 @@ def test_plain_path_learns_label_logits_like_the_batched_one(lenet, cifar_sample
     gen = torch.Generator().manual_seed(2)
     x = [torch.randn(1, 1, 1, 3, 32, 32, generator=gen), torch.randn(1, 1, 1, 10, generator=gen)]
     args = ([t[None] for t in update], labels[None, :1], torch.ones(1, len(update)), 10)
-    batched, _ = engine._gradients(*args)(x)
-    plain, _ = engine._plain_gradients(*args)(x)
+    batched, _ = engine.evaluations.vmapped(*args)(x)
+    plain, _ = engine.evaluations.plain(*args)(x)
     for a, b in zip(plain, batched, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max())
 
@@ -162,13 +163,13 @@ def test_expanded_path_equals_vmap_for_experiments_and_restarts(
     images, labels = cifar_samples
     updates = [shared_gradient(lenet, images[i : i + 2], labels[i : i + 2]) for i in (0, 2)]
     engine = _engine(lenet, cifar_stats, cost_fn=cost_fn)
-    assert engine._path(6) == engine._expanded_gradients
+    assert engine.evaluations.path(6) == engine.evaluations.expanded
     ones = torch.ones(len(updates[0]))
     weights = torch.stack([torch.linspace(1, 0.3, len(updates[0])) if weighted else ones, ones])
     x = [torch.randn(2, 3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
     y = torch.stack([labels[0:2], labels[2:4]])
-    (batched,), loss_b = _grads(engine, lambda e: e._gradients, updates, y, weights, x)
-    (expanded,), loss_x = _grads(engine, lambda e: e._expanded_gradients, updates, y, weights, x)
+    (batched,), loss_b = _grads(engine, lambda e: e.evaluations.vmapped, updates, y, weights, x)
+    (expanded,), loss_x = _grads(engine, lambda e: e.evaluations.expanded, updates, y, weights, x)
     assert loss_x.shape == loss_b.shape == (2, 3)
     assert torch.allclose(loss_x, loss_b, rtol=1e-5)
     assert torch.allclose(expanded, batched, rtol=1e-4, atol=1e-4 * batched.abs().max())
@@ -195,11 +196,11 @@ def test_graph_free_evaluation_equals_the_traced_one(
         handwritten, "candidate_gradients_and_pullback", lambda *a: calls.append(1) or pullback(*a)
     )
     y = torch.stack([labels[0:2], labels[2:4]])
-    evaluate = attack._expanded_gradients(targets, y, torch.ones(2, len(targets)), None)
+    evaluate = attack.evaluations.expanded(targets, y, torch.ones(2, len(targets)), None)
     x = [torch.randn(2, 3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)]
     (free,), loss_free = evaluate([v.to(device) for v in x])
     assert calls == [1]
-    (traced,), loss_traced = evaluate.traced([v.to(device) for v in x])
+    (traced,), loss_traced = evaluate.probe([v.to(device) for v in x])
     assert calls == [1]
     torch.testing.assert_close(loss_free, loss_traced, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(free, traced, rtol=1e-10, atol=1e-12 * float(traced.abs().max()))
@@ -214,9 +215,9 @@ def test_a_groups_convolution_backend_counts_all_its_candidates(
     targets = [t[None] for t in shared_gradient(lenet, images[:1], labels[:1])]
     chosen = []
     monkeypatch.setattr(
-        engine, "convolution_backend", lambda use: chosen.append(use) or convolution_backend(use)
+        evaluation, "convolution_backend", lambda use: chosen.append(use) or convolution_backend(use)
     )
-    evaluate = _engine(lenet, cifar_stats)._expanded_gradients(
+    evaluate = _engine(lenet, cifar_stats).evaluations.expanded(
         targets, labels[None, :1], torch.ones(1, len(targets)), None
     )
     evaluate([torch.randn(1, candidates, 1, 3, 32, 32)])
@@ -233,14 +234,14 @@ def test_graph_free_evaluation_falls_back_where_it_does_not_apply(
     targets = [t[None] for t in update]
     attack = _engine(lenet, cifar_stats)
     weighted, ones = torch.linspace(1, 0.3, len(update))[None], torch.ones(1, len(update))
-    assert not hasattr(attack._expanded_gradients(targets, labels[None, :1], weighted, None), "traced")
-    assert not hasattr(attack._expanded_gradients(targets, labels[None, :1], ones, 10), "traced")
-    assert hasattr(attack._expanded_gradients(targets, labels[None, :1], ones, None), "traced")
+    assert attack.evaluations.expanded(targets, labels[None, :1], weighted, None).traced is None
+    assert attack.evaluations.expanded(targets, labels[None, :1], ones, 10).traced is None
+    assert attack.evaluations.expanded(targets, labels[None, :1], ones, None).traced is not None
     monkeypatch.setattr(handwritten, "supports", lambda model: False)
     monkeypatch.setattr(handwritten, "candidate_gradients_and_pullback", lambda *a: pytest.fail("graph-free"))
     attack = _engine(lenet, cifar_stats)  # a fresh simulator: support is decided once per simulator
-    evaluate = attack._expanded_gradients(targets, labels[None, :1], ones, None)
-    assert not hasattr(evaluate, "traced")
+    evaluate = attack.evaluations.expanded(targets, labels[None, :1], ones, None)
+    assert evaluate.traced is None
     x = [torch.randn(1, 2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
     (grad,), loss = evaluate(x)
     assert grad.shape == x[0].shape and loss.shape == (1, 2)
@@ -252,12 +253,12 @@ def test_expanded_path_with_label_logits_and_batchnorm(cifar_samples, cifar_stat
     images, labels = cifar_samples
     update = shared_gradient(model, images[:1], labels[:1])
     engine = _engine(model, cifar_stats, cost_fn="l2")
-    assert engine._path(2) == engine._expanded_gradients
+    assert engine.evaluations.path(2) == engine.evaluations.expanded
     gen = torch.Generator().manual_seed(2)
     x = [torch.randn(1, 2, 1, 3, 32, 32, generator=gen), torch.randn(1, 2, 1, 10, generator=gen)]
     w = torch.ones(1, len(update))
-    batched, _ = _grads(engine, lambda e: e._gradients, [update], labels[None, :1], w, x, 10)
-    expanded, _ = _grads(engine, lambda e: e._expanded_gradients, [update], labels[None, :1], w, x, 10)
+    batched, _ = _grads(engine, lambda e: e.evaluations.vmapped, [update], labels[None, :1], w, x, 10)
+    expanded, _ = _grads(engine, lambda e: e.evaluations.expanded, [update], labels[None, :1], w, x, 10)
     for a, b in zip(expanded, batched, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * b.abs().max())
 
@@ -272,8 +273,8 @@ def test_models_with_other_parameters_fall_back_to_vmap(lenet, cifar_stats):
             return self.net(x) * self.scale
 
     assert supports(lenet) and not supports(Scaled())
-    assert _engine(Scaled(), cifar_stats)._path(4).__name__ == "_gradients"
-    assert _engine(lenet, cifar_stats, cost_fn="simlocal")._path(4).__name__ == "_gradients"
+    for attack in (_engine(Scaled(), cifar_stats), _engine(lenet, cifar_stats, cost_fn="simlocal")):
+        assert attack.evaluations.path(4) == attack.evaluations.vmapped
 
 
 # -- groups that fit the device's memory ----------------------------------------------------------------------
@@ -282,31 +283,31 @@ def _spans(groups):
 
 
 def test_tiles_cover_every_candidate_once_within_the_limit():
-    assert _spans(engine.tile(3, 4, None, None)) == [((0, 3), (0, 4))]
-    assert _spans(engine.tile(3, 4, None, 8)) == [((0, 2), (0, 4)), ((2, 3), (0, 4))]
-    assert _spans(engine.tile(1, 8, None, 3)) == [((0, 1), (0, 3)), ((0, 1), (3, 6)), ((0, 1), (6, 8))]
-    assert _spans(engine.tile(2, 4, 2, None)) == [
+    assert _spans(memory.tile(3, 4, None, None)) == [((0, 3), (0, 4))]
+    assert _spans(memory.tile(3, 4, None, 8)) == [((0, 2), (0, 4)), ((2, 3), (0, 4))]
+    assert _spans(memory.tile(1, 8, None, 3)) == [((0, 1), (0, 3)), ((0, 1), (3, 6)), ((0, 1), (6, 8))]
+    assert _spans(memory.tile(2, 4, 2, None)) == [
         ((0, 2), (0, 2)),
         ((0, 2), (2, 4)),
     ]  # restart_chunk as before
     for e, r, chunk, largest in [(5, 3, None, 4), (7, 1, None, 3), (2, 5, 2, 3), (4, 4, 3, 1)]:
         seen = torch.zeros(e, r, dtype=torch.int)
-        for es, rs in engine.tile(e, r, chunk, largest):
+        for es, rs in memory.tile(e, r, chunk, largest):
             assert (es.stop - es.start) * (rs.stop - rs.start) <= largest
             seen[es, rs] += 1
         assert bool((seen == 1).all())
 
 
 def test_split_halves_experiments_then_restarts():
-    assert _spans(engine.split_group(slice(0, 5), slice(0, 2))) == [((0, 2), (0, 2)), ((2, 5), (0, 2))]
-    assert _spans(engine.split_group(slice(3, 4), slice(0, 3))) == [((3, 4), (0, 1)), ((3, 4), (1, 3))]
-    assert engine.split_group(slice(3, 4), slice(2, 3)) is None
+    assert _spans(memory.split_group(slice(0, 5), slice(0, 2))) == [((0, 2), (0, 2)), ((2, 5), (0, 2))]
+    assert _spans(memory.split_group(slice(3, 4), slice(0, 3))) == [((3, 4), (0, 1)), ((3, 4), (1, 3))]
+    assert memory.split_group(slice(3, 4), slice(2, 3)) is None
 
 
 def test_free_memory_comes_from_mem_get_info_on_cuda_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123_456, 10**9))
-    assert engine.device_free_memory(torch.device("cuda", 0)) == 123_456
-    assert engine.device_free_memory(torch.device("cpu")) is None
+    assert memory.device_free_memory(torch.device("cuda", 0)) == 123_456
+    assert memory.device_free_memory(torch.device("cpu")) is None
 
 
 def _attack(lenet, cifar_samples, cifar_stats, **kwargs):
@@ -322,26 +323,26 @@ def _group_sizes(monkeypatch):
     """The candidates in each group the engine builds an evaluation for (the probe's pair included), recorded
     before the group runs, so a group that then fails is counted too."""
     sizes = []
-    original = Engine._group_gradients
+    original = Evaluations.build
 
     def recording(self, e_slice, r_slice, *args):
         sizes.append((e_slice.stop - e_slice.start) * (r_slice.stop - r_slice.start))
         return original(self, e_slice, r_slice, *args)
 
-    monkeypatch.setattr(Engine, "_group_gradients", recording)
+    monkeypatch.setattr(Evaluations, "build", recording)
     return sizes
 
 
 def _largest(monkeypatch):
     """What the memory probe allows per group (its result, so recorded after the call)."""
     allowed = []
-    original = Engine._largest_group
+    original = memory.largest_group
 
-    def recording(self, *args):
-        allowed.append(original(self, *args))
+    def recording(*args):
+        allowed.append(original(*args))
         return allowed[-1]
 
-    monkeypatch.setattr(Engine, "_largest_group", recording)
+    monkeypatch.setattr(engine, "largest_group", recording)
     return allowed
 
 
@@ -421,7 +422,7 @@ def test_a_group_out_of_memory_is_split_and_redone(lenet, cifar_samples, cifar_s
 
 def test_free_memory_of_the_device_sizes_the_groups(device):
     """The real query: a CUDA device reports free bytes within its total; the CPU sets no limit."""
-    free = engine.device_free_memory(device)
+    free = memory.device_free_memory(device)
     if device.type == "cuda":
         assert 0 < free <= torch.cuda.get_device_properties(device).total_memory
     else:
@@ -499,13 +500,13 @@ def test_prepared_distance_per_tensor_equals_the_concatenated_one(monkeypatch):
 
 
 def test_state_saved_under_another_tiling_is_not_restored_into_the_wrong_group():
-    state = engine.ResumeState(None, "key", 1)
+    state = resume.ResumeState(None, "key", 1)
     state.groups = {0: {"span": [0, 1, 0, 2], "iteration": 7}}
     x = torch.zeros(2, requires_grad=True)
     optimizer = torch.optim.SGD([x], lr=0.1)
-    assert state.restore(engine.GroupKey(0, (0, 3, 0, 2)), [x], optimizer, None) == (0, {})  # other tiling
+    assert state.restore(resume.GroupKey(0, (0, 3, 0, 2)), [x], optimizer, None) == (0, {})  # other tiling
     state.groups[0].update(variables=[torch.ones(2)], optimizer=optimizer.state_dict(), scheduler=None)
-    assert state.restore(engine.GroupKey(0, (0, 1, 0, 2)), [x], optimizer, None)[0] == 7
+    assert state.restore(resume.GroupKey(0, (0, 1, 0, 2)), [x], optimizer, None)[0] == 7
     assert torch.equal(x.detach(), torch.ones(2))
 
 

@@ -135,7 +135,7 @@ def test_dlg_objective_on_lenet_matches_torch_per_element(on_device, cifar_stats
     starts = [s.double().to(images.device) for s in starts]
 
     def objective(e: slice):
-        gradients = engine._gradients([t[e] for t in targets], None, weights[e], learn_labels=10)
+        gradients = engine.evaluations.vmapped([t[e] for t in targets], None, weights[e], learn_labels=10)
         return lambda x, z: gradients([x, z])[1]
 
     variables = [s.clone().requires_grad_(True) for s in starts]

@@ -26,6 +26,7 @@ import torch
 
 from . import data, metrics
 from .attack.labels import LABEL_STRATEGIES
+from .attack.objective_names import objective_names
 from .config import PRESETS, ConfigError, make_config
 from .devices import checked_device
 from .io import image_grid, load_tensors, save_json, save_png, to_uint8
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--optim", default="ours", choices=sorted(PRESETS), help="ours = paper; zhu = DLG baseline"
     )
-    p.add_argument("--cost_fn", default=None, help="sim, simlocal, l2, l1, max (default from --optim)")
+    p.add_argument("--cost_fn", default=None, help=f"{', '.join(objective_names())} (default from --optim)")
     p.add_argument("--indices", default="def", help="def, topN, firstN, lastN")
     p.add_argument("--weights", default="equal", help="equal, linear, exp")
     p.add_argument("--restarts", type=int, default=1)

@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .attack.objective_names import NAMES as OBJECTIVE_NAMES
+
 DEFAULT_CONFIG: dict[str, Any] = dict(
     signed=False,
     boxed=True,
@@ -46,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-COST_FUNCTIONS = ("sim", "simlocal", "l2", "l1", "max")
+COST_FUNCTIONS = OBJECTIVE_NAMES  # live: invgrad.attack.objectives.OBJECTIVES, registered ones included
 WEIGHTS = ("equal", "linear", "exp")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 INITS = ("randn", "rand", "zeros")

@@ -3,7 +3,8 @@
 quantisation has no useful derivative, so those stay unmodelled.
 
 Written on the attacker's side from the defense's settings alone (``clip``, ``prune``), vmap-safe; it matches the
-user's :meth:`invgrad.user.defenses.Defense.apply` without noise or quantisation (tested).
+user's :meth:`invgrad.user.defenses.Defense.apply` without noise or quantisation (tested). :func:`defended_simulator`
+wraps a :class:`~invgrad.attack.simulator.Simulator` in it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from .simulator import Simulator
 
 
 def _top_fraction_mask(t: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -38,3 +41,24 @@ def simulate_defense(defense: Any, update: Sequence[torch.Tensor]) -> list[torch
     if defense.prune is not None:
         out = [t * _top_fraction_mask(t, defense.prune) for t in out]
     return out
+
+
+def defended_simulator(simulate: Simulator, defense: Any) -> Simulator:
+    """``simulate`` as an attacker aware of ``defense`` sees it: its functional and plain forms defended alike.
+    The per-candidate and graph-free forms are dropped (the defense is not written out), so a defended attack
+    evaluates through torch.func, or plain autograd for one candidate. Named ``defense`` in :meth:`describe`."""
+    plain = simulate.plain
+
+    def functional(params, buffers, x, labels):
+        return simulate_defense(defense, simulate(params, buffers, x, labels))
+
+    def defended_plain(x, labels):
+        return simulate_defense(defense, plain(x, labels))
+
+    return Simulator(
+        functional,
+        simulate.kind,
+        plain=defended_plain if plain is not None else None,
+        settings=simulate.settings,
+        defense={"clip": defense.clip, "prune": defense.prune},
+    )

@@ -22,8 +22,8 @@ from torch.func import functional_call, grad
 
 from ..protocol import check_schedule, local_epochs, minibatch_slices
 from ..user.loss import training_loss  # the one definition the attacker shares with the user (same loss)
-from .engine import Simulator, split_parameters
 from .reconstructor import GradientReconstructor, Update
+from .simulator import Simulator, split_parameters
 
 
 # -- the attacker's re-simulation ----------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ def fedavg_simulator(
     the whole trajectory stays on the autodiff tape. ``labels`` may be class indices [K] or soft labels [K, classes].
     """
 
-    def simulate(params, buffers, x, labels):
+    def functional(params, buffers, x, labels):
         slices = minibatch_slices(local_steps, batch_size, x.shape[0])
         current = dict(params)
         for part in slices:
@@ -64,8 +64,8 @@ def fedavg_simulator(
             current = [c - local_lr * g for c, g in zip(current, steps, strict=True)]
         return [c - s for c, s in zip(current, start, strict=True)]
 
-    simulate.plain = plain
-    return simulate
+    settings = {"local_steps": local_steps, "local_lr": float(local_lr), "batch_size": batch_size}
+    return Simulator(functional, "fedavg", plain=plain, settings=settings)
 
 
 class FedAvgReconstructor(GradientReconstructor):

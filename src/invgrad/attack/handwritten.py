@@ -19,6 +19,10 @@ saw during the forward and answers four questions:
   gradients contribute (``self.bars``, the objective's gradients w.r.t. them);
 * ``act_pass(v)``: the adjoint at its input activation from the one at its output, plus what its parameter
   gradients and (for curved activations) its signal contribute.
+
+One module over 450 lines on purpose: the steps, their plans and the Function that runs them are one pass whose
+forward and two backward sweeps must stay consistent with each other; split up, each piece would be unreadable
+without the others. Layer checks and grouped layouts shared with :mod:`invgrad.attack.persample` come from there.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from torch.autograd.function import once_differentiable
 from ..victim.models import BasicBlock, CIFARResNet
 from .persample import (
     IMAGE_CHANNELS_MAX,
-    _bn_ok,
-    _conv_ok,
-    _grouped,
-    _input_gradient,
-    _per_candidate,
+    batchnorm_supported,
+    candidate_rows,
+    conv_supported,
+    grouped,
     grouped_weight_gradient,
+    input_gradient,
 )
 
 Tensor = torch.Tensor
@@ -56,7 +60,7 @@ def _sum(*terms: Tensor | None) -> Tensor | None:
 
 
 def _ungrouped(t: Tensor, n: int) -> Tensor:
-    """[K, N·C, H, W] -> [N·K, C, H, W]: the inverse of :func:`invgrad.attack.persample._grouped`."""
+    """[K, N·C, H, W] -> [N·K, C, H, W]: the inverse of :func:`invgrad.attack.persample.grouped`."""
     k = t.shape[0]
     return t.reshape(k, n, -1, *t.shape[2:]).transpose(0, 1).reshape(n * k, -1, *t.shape[2:])
 
@@ -113,7 +117,7 @@ class _Conv(_Leaf):
             flipped = self.weight.transpose(0, 1).flip(-2, -1)
             pad = [k - 1 - p for k, p in zip(self.weight.shape[-2:], padding, strict=True)]
             return F.conv2d(s, flipped, None, 1, pad)
-        return _input_gradient(s, self.weight, self.a.shape[-2:], self.geometry, 1)
+        return input_gradient(s, self.weight, self.a.shape[-2:], self.geometry, 1)
 
     def signals(self, s: Tensor, need_input: bool) -> Tensor | None:
         self.s = s
@@ -128,10 +132,10 @@ class _Conv(_Leaf):
             self.patches = _patches(a, shape[-2:], self.geometry)  # [N, C·kh·kw, positions]
             weight = torch.bmm(s.reshape(n, shape[0], -1), self.patches.transpose(1, 2))
         else:
-            weight = grouped_weight_gradient(_grouped(s, n), _grouped(a, n), shape, self.geometry, n)
+            weight = grouped_weight_gradient(grouped(s, n), grouped(a, n), shape, self.geometry, n)
         out = [weight.reshape(n, *shape)]
         if self.bias is not None:
-            out.append(_per_candidate(s, n).sum((1, 3)))
+            out.append(candidate_rows(s, n).sum((1, 3)))
         return out
 
     def _forward_linear(self, v: Tensor | None) -> Tensor | None:
@@ -151,17 +155,17 @@ class _Conv(_Leaf):
             through = self._forward_linear(v)
         elif v is None:
             weight_bar = self.bars[0].reshape(-1, *shape[1:])  # [N·O, C, kh, kw]
-            own = _ungrouped(F.conv2d(_grouped(self.a, n), weight_bar, None, *self.geometry, n), n)
+            own = _ungrouped(F.conv2d(grouped(self.a, n), weight_bar, None, *self.geometry, n), n)
         else:
             stacked = torch.cat([self.bars[0], self.weight.expand(n, *shape)], 2).reshape(
                 n * shape[0], -1, *shape[2:]
             )
             own = _ungrouped(
-                F.conv2d(_grouped(torch.cat([self.a, v], 1), n), stacked, None, *self.geometry, n), n
+                F.conv2d(grouped(torch.cat([self.a, v], 1), n), stacked, None, *self.geometry, n), n
             )
         own = own.reshape(self.s.shape)
         if len(self.bars) > 1:  # the bias's adjoint [N, O], at every position of every image (a view of own)
-            _per_candidate(own, n).add_(self.bars[1][:, None, :, None])
+            candidate_rows(own, n).add_(self.bars[1][:, None, :, None])
         return own if through is None else own.add_(through)
 
     def act_pass(self, v: Tensor | None) -> Tensor | None:
@@ -175,12 +179,12 @@ class _Conv(_Leaf):
         positions = self.s.shape[-2] * self.s.shape[-1]
         if v is not None and 2 * shape[0] > MERGED_MAX_GROUP_WIDTH and positions <= PATCHES_MAX_POSITIONS:
             weight_bar = self.bars[0].reshape(-1, *shape[1:])
-            own = _input_gradient(_grouped(self.s, n), weight_bar, self.a.shape[-2:], self.geometry, n)
+            own = input_gradient(grouped(self.s, n), weight_bar, self.a.shape[-2:], self.geometry, n)
             return _ungrouped(own, n).add_(self._transposed(v))
         v = torch.zeros_like(self.s) if v is None else v
         stacked = torch.cat([self.bars[0], self.weight.expand(n, *shape)], 1).reshape(-1, *shape[1:])
-        signals = _grouped(torch.cat([self.s, v], 1), n)
-        return _ungrouped(_input_gradient(signals, stacked, self.a.shape[-2:], self.geometry, n), n)
+        signals = grouped(torch.cat([self.s, v], 1), n)
+        return _ungrouped(input_gradient(signals, stacked, self.a.shape[-2:], self.geometry, n), n)
 
 
 class _Linear(_Leaf):
@@ -247,7 +251,7 @@ class _BatchNorm(_Leaf):
 
     def grads(self, n: int) -> list[Tensor]:
         """γ's gradient Σ s·(a − μ)/σ as (Σ s·a − μ Σ s)/σ, β's Σ s, per candidate (over its images and positions)."""
-        s = _per_candidate(self.s, n)
+        s = candidate_rows(self.s, n)
         s_sum = s.sum((1, 3))
         sa = (self.s * self.a).reshape(s.shape).sum((1, 3))
         return [(sa - self.mean * s_sum) * self.inverse_std, s_sum]
@@ -258,7 +262,7 @@ class _BatchNorm(_Leaf):
         gamma_bar, beta_bar = self.bars  # [N, C] each
         slope = gamma_bar * self.inverse_std
         offset = beta_bar - slope * self.mean
-        a = _per_candidate(self.a, gamma_bar.shape[0])
+        a = candidate_rows(self.a, gamma_bar.shape[0])
         own = torch.addcmul(offset[:, None, :, None], a, slope[:, None, :, None]).reshape(self.a.shape)
         return own if v is None else own.addcmul_(v, self.scale)
 
@@ -266,7 +270,7 @@ class _BatchNorm(_Leaf):
         if self.bars is None:
             return None if v is None else v * self.scale
         gamma_bar = self.bars[0]
-        s = _per_candidate(self.s, gamma_bar.shape[0])
+        s = candidate_rows(self.s, gamma_bar.shape[0])
         own = (s * (gamma_bar * self.inverse_std)[:, None, :, None]).reshape(self.a.shape)
         return own if v is None else own.addcmul_(v, self.scale)
 
@@ -428,8 +432,8 @@ PLANS: dict[type, Callable] = {
     **dict.fromkeys(ACTIVATIONS, _Activation),
 }
 CHECKS: dict[type, Callable[[nn.Module], bool]] = {
-    nn.Conv2d: _conv_ok,
-    nn.BatchNorm2d: _bn_ok,
+    nn.Conv2d: conv_supported,
+    nn.BatchNorm2d: batchnorm_supported,
     nn.AdaptiveAvgPool2d: lambda m: m.output_size in (1, (1, 1)),
     nn.Sequential: _is_plain_sequential,
     BasicBlock: lambda m: type(m).forward is BasicBlock.forward,

@@ -1,4 +1,9 @@
-"""Distances between a candidate's shared update and the observed one (the official code's inversefed/reconstruction_algorithms.py), plus the TV prior.
+"""What the attack optimises: distances between a candidate's shared update and the observed one (the official
+code's inversefed/reconstruction_algorithms.py), plus the TV prior.
+
+:data:`OBJECTIVES` holds one :class:`Objective` record per ``cost_fn``: its readable ``reference`` definition, and
+where they exist a ``prepared`` fast form and a ``with_gradient`` written-out gradient (both tested equal to the
+reference in float64). Adding an objective is one :class:`Objective` entry (docs/EXTENDING.md).
 
 Every objective takes two lists of tensors (one entry per parameter) and a weight per entry. Index selection
 (``def``, ``topN`` ...) and weighting (``equal``, ``linear``, ``exp``) are folded into that one weight vector,
@@ -11,11 +16,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from ..config import INDEX_PATTERN
+from . import objective_names
 
 Tensors = Sequence[torch.Tensor]
 
@@ -24,8 +31,10 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum()
 
 
+# -- reference forms: the readable definition of each objective ------------------------------------------------
 def cosine_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
-    """1 − cosine similarity over the concatenation of all (weighted) tensors: magnitude-invariant."""
+    """The reference (readable) definition of ``sim``: 1 − cosine similarity over the concatenation of all
+    (weighted) tensors; magnitude-invariant."""
     dot = sum(w[i] * _inner(g, t) for i, (g, t) in enumerate(zip(trial, target, strict=True)))
     trial_norm = sum(w[i] * _inner(g, g) for i, g in enumerate(trial))
     target_norm = sum(w[i] * _inner(t, t) for i, t in enumerate(target))
@@ -33,7 +42,8 @@ def cosine_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.T
 
 
 def local_cosine_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
-    """Sum over tensors of w_i · (1 − cos(g_i, t_i)): every layer counts on its own."""
+    """The reference definition of ``simlocal``: Σ over tensors of w_i · (1 − cos(g_i, t_i)); every layer counts
+    on its own."""
     total = 0.0
     for i, (g, t) in enumerate(zip(trial, target, strict=True)):
         cos = _inner(g, t) / (g.pow(2).sum().sqrt() * t.pow(2).sum().sqrt())
@@ -42,27 +52,19 @@ def local_cosine_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> t
 
 
 def squared_euclidean(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
-    """DLG's loss: Σ w_i ‖g_i − t_i‖²."""
+    """The reference definition of ``l2``, DLG's loss: Σ w_i ‖g_i − t_i‖²."""
     return sum(w[i] * (g - t).pow(2).sum() for i, (g, t) in enumerate(zip(trial, target, strict=True)))
 
 
 def l1_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
+    """The reference definition of ``l1``: Σ w_i ‖g_i − t_i‖₁."""
     return sum(w[i] * (g - t).abs().sum() for i, (g, t) in enumerate(zip(trial, target, strict=True)))
 
 
 def max_distance(trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
-    """The largest weighted absolute deviation over all entries (an ℓ∞ distance)."""
+    """The reference definition of ``max``: the largest weighted absolute deviation over all entries (ℓ∞)."""
     per_tensor = [w[i] * (g - t).abs().max() for i, (g, t) in enumerate(zip(trial, target, strict=True))]
     return torch.stack(per_tensor).max()
-
-
-OBJECTIVES: dict[str, Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]] = {
-    "sim": cosine_distance,
-    "simlocal": local_cosine_distance,
-    "l2": squared_euclidean,
-    "l1": l1_distance,
-    "max": max_distance,
-}
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -155,13 +157,14 @@ def layer_weights(indices: str, weights: str, target: Tensors) -> torch.Tensor:
     return _selection_mask(indices, target) * _scheme(weights, len(target))
 
 
-# -- prepared forms (the engine's plain-autograd paths) ------------------------------------------------------------
+# -- prepared and written-out forms (the engine's fast paths) ---------------------------------------------------------
 # The observed update is fixed for a whole attack, so its flattened, weighted form and its norm are computed once.
 # Small models: one concatenation and two dot products per evaluation instead of a few ops per tensor. Large ones
 # (above CONCAT_MAX_ENTRIES): dot products per tensor, since copying millions of gradient entries into one vector
 # (and back in the backward pass) cost ResNet20-4 about a tenth of an evaluation. ``lead`` leading dimensions of
 # every tensor (and of the weights, before their last one) index independent problems.
 PreparedDistance = Callable[[Tensors], torch.Tensor]
+GradientDistance = Callable[[Tensors], tuple[torch.Tensor, list[torch.Tensor]]]
 CONCAT_MAX_ENTRIES = 100_000
 
 
@@ -267,15 +270,24 @@ def _prepared_cosine(target: Tensors, w: torch.Tensor, lead: int) -> PreparedDis
             return _UnweightedCosine.apply(target_norm, len(g), *g, *flat)
         return 1 - _dot(g, weighted) / (_weighted_square(g, weight).sqrt() * target_norm)
 
+    return distance
+
+
+def _cosine_with_gradient(target: Tensors, w: torch.Tensor, lead: int) -> GradientDistance | None:
+    """The unweighted cosine's value and gradient w.r.t. the trial, without autograd (None when weighted)."""
+    concat = _concat(target, lead)
+    if _weight_pieces(target, w, lead, concat) is not None:
+        return None
+    flat = _pieces(target, lead, concat)
+    target_norm = _weighted_square(flat, None).sqrt()
+
     def with_gradient(trial: Tensors) -> tuple[torch.Tensor, list[torch.Tensor]]:
         g = _pieces(trial, lead, concat)
         value, dot, norm = _cosine_forward(target_norm, g, flat)
         pieces = _cosine_backward(torch.ones_like(value), target_norm, dot, norm, g, flat)
         return value, _unpieces(pieces, trial, lead)
 
-    if weight is None:
-        distance.with_gradient = with_gradient
-    return distance
+    return with_gradient
 
 
 class _UnweightedSquaredDistance(torch.autograd.Function):
@@ -306,12 +318,6 @@ def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor, lead: int) -> 
         def unweighted(trial: Tensors) -> torch.Tensor:
             return _UnweightedSquaredDistance.apply(len(pieces), *_pieces(trial, lead, concat=False), *pieces)
 
-        def with_gradient(trial: Tensors) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            differences = [g - t for g, t in zip(_pieces(trial, lead, concat=False), pieces, strict=True)]
-            value = _dot(differences, differences)
-            return value, _unpieces([d.mul_(2) for d in differences], trial, lead)
-
-        unweighted.with_gradient = with_gradient
         return unweighted
     flat = _pieces(target, lead, concat)
 
@@ -322,14 +328,93 @@ def _prepared_squared_euclidean(target: Tensors, w: torch.Tensor, lead: int) -> 
     return distance
 
 
-PREPARED: dict[str, Callable[[Tensors, torch.Tensor, int], PreparedDistance]] = {
-    "sim": _prepared_cosine,
-    "l2": _prepared_squared_euclidean,
+def _squared_euclidean_with_gradient(target: Tensors, w: torch.Tensor, lead: int) -> GradientDistance | None:
+    """The unweighted squared distance's value and gradient 2(g − t), without autograd (None when weighted)."""
+    if _weight_pieces(target, w, lead, _concat(target, lead)) is not None:
+        return None
+    pieces = _pieces(target, lead, concat=False)
+
+    def with_gradient(trial: Tensors) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        differences = [g - t for g, t in zip(_pieces(trial, lead, concat=False), pieces, strict=True)]
+        value = _dot(differences, differences)
+        return value, _unpieces([d.mul_(2) for d in differences], trial, lead)
+
+    return with_gradient
+
+
+# -- the registry ----------------------------------------------------------------------------------------------
+Reference = Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective the attack can optimise (``cost_fn``), in up to three forms.
+
+    ``reference(trial, target, weights)``: the readable definition (one scalar per call; every other form is
+    tested equal to it, and torch.func's vmap path uses it). ``prepared(target, weights, lead)``: a fast form with
+    the target's share precomputed, ``trial -> distance`` over ``lead`` leading (candidate) dimensions; needed for
+    the engine's per-candidate path. ``with_gradient(target, weights, lead)``: ``trial -> (distance, its gradient
+    w.r.t. trial)`` without autograd, or None for weights it does not cover; needed for the graph-free path.
+    Calling the record calls ``reference``."""
+
+    name: str
+    reference: Reference
+    prepared: Callable[[Tensors, torch.Tensor, int], PreparedDistance] | None = None
+    with_gradient: Callable[[Tensors, torch.Tensor, int], GradientDistance | None] | None = None
+    doc: str = ""
+
+    def __call__(self, trial: Tensors, target: Tensors, w: torch.Tensor) -> torch.Tensor:
+        return self.reference(trial, target, w)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o
+    for o in (
+        Objective(
+            "sim", cosine_distance, _prepared_cosine, _cosine_with_gradient, "the paper's cosine distance"
+        ),
+        Objective("simlocal", local_cosine_distance, doc="the cosine per layer, summed"),
+        Objective(
+            "l2",
+            squared_euclidean,
+            _prepared_squared_euclidean,
+            _squared_euclidean_with_gradient,
+            "DLG's squared Euclidean distance",
+        ),
+        Objective("l1", l1_distance, doc="the ℓ1 distance"),
+        Objective("max", max_distance, doc="the ℓ∞ distance"),
+    )
 }
+if tuple(OBJECTIVES) != objective_names.BUILT_IN:  # the torch-free list the config validates against
+    raise ImportError(
+        f"objective_names.BUILT_IN {objective_names.BUILT_IN} must list OBJECTIVES' names {tuple(OBJECTIVES)}"
+    )
+
+
+def register_objective(objective: Objective) -> None:
+    """Make ``objective`` a valid ``cost_fn`` everywhere (config, CLI, engine) for this process."""
+    if objective.name in OBJECTIVES:
+        raise ValueError(f"objective {objective.name!r} exists already")
+    OBJECTIVES[objective.name] = objective
+    objective_names.add_name(objective.name)
+
+
+def unregister_objective(name: str) -> None:
+    """Undo :func:`register_objective` (built-in objectives stay)."""
+    objective_names.remove_name(name)
+    OBJECTIVES.pop(name, None)
 
 
 def prepared_distance(name: str, target: Tensors, w: torch.Tensor, lead: int = 0) -> PreparedDistance | None:
-    """``trial -> distance(trial, target, w)`` with the target's share precomputed, for the objectives that have
-    a prepared form (``sim``, ``l2``; None for the others). With ``lead`` > 0 the result has that many leading
-    dimensions (broadcast between trial and target)."""
-    return PREPARED[name](target, w, lead) if name in PREPARED else None
+    """``trial -> distance(trial, target, w)`` with the target's share precomputed, for objectives with a prepared
+    form (None for the others). With ``lead`` > 0 the result has that many leading dimensions (broadcast between
+    trial and target)."""
+    prepared = OBJECTIVES[name].prepared
+    return prepared(target, w, lead) if prepared is not None else None
+
+
+def gradient_distance(name: str, target: Tensors, w: torch.Tensor, lead: int = 0) -> GradientDistance | None:
+    """``trial -> (distance(trial, target, w), its gradient w.r.t. trial)`` without autograd, where the objective
+    has it written out for these weights; else None."""
+    with_gradient = OBJECTIVES[name].with_gradient
+    return with_gradient(target, w, lead) if with_gradient is not None else None

@@ -14,6 +14,10 @@ Supported: models whose trainable parameters all sit in ``nn.Conv2d`` (``groups=
 While the graph is built, convolutions and BatchNorm layers run with hand-written backward functions
 (``SIGNAL_FORWARDS``: same forward, a backward made of ordinary differentiable ops of the detached weights), so
 that the images' gradient through the signals costs what it must and nothing more (see :class:`_SignalConv`).
+
+The layer checks (:func:`conv_supported`, :func:`batchnorm_supported`), the grouped layouts (:func:`grouped`,
+:func:`candidate_rows`) and the convolution gradients (:func:`input_gradient`, :func:`grouped_weight_gradient`)
+are public: :mod:`invgrad.attack.handwritten` builds on the same ones.
 """
 
 from __future__ import annotations
@@ -27,15 +31,18 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
-def _conv_ok(m: nn.Conv2d) -> bool:
+# -- shared with invgrad.attack.handwritten: which layers have a per-candidate rule, and the grouped layouts ----
+def conv_supported(m: nn.Conv2d) -> bool:
+    """Whether a convolution has a per-candidate rule here: ungrouped, zero padding given as a tuple."""
     return m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
 
 
-def _bn_ok(m: nn.BatchNorm2d) -> bool:
+def batchnorm_supported(m: nn.BatchNorm2d) -> bool:
+    """Whether a batch norm has one: eval mode with running statistics (batch statistics mix the candidates)."""
     return not m.training and m.running_mean is not None and m.running_var is not None
 
 
-SUPPORTED = {nn.Conv2d: _conv_ok, nn.Linear: lambda m: True, nn.BatchNorm2d: _bn_ok}
+SUPPORTED = {nn.Conv2d: conv_supported, nn.Linear: lambda m: True, nn.BatchNorm2d: batchnorm_supported}
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -51,13 +58,13 @@ def supports(model: nn.Module) -> bool:
     return True
 
 
-def _grouped(t: torch.Tensor, n: int) -> torch.Tensor:
+def grouped(t: torch.Tensor, n: int) -> torch.Tensor:
     """[N·K, C, H, W] -> [K, N·C, H, W]: each candidate a channel group (a view when K = 1)."""
     k = t.shape[0] // n
     return t.reshape(n, k, *t.shape[1:]).transpose(0, 1).reshape(k, n * t.shape[1], *t.shape[2:])
 
 
-def _per_candidate(d: torch.Tensor, n: int) -> torch.Tensor:
+def candidate_rows(d: torch.Tensor, n: int) -> torch.Tensor:
     """A layer signal [N·K, C, H, W] as [N, K, C, positions]: the rows each candidate's sums run over."""
     return d.reshape(n, -1, d.shape[1], d.shape[2] * d.shape[3])
 
@@ -68,7 +75,7 @@ def _per_candidate(d: torch.Tensor, n: int) -> torch.Tensor:
 IMAGE_CHANNELS_MAX = 4
 
 
-def _input_gradient(grad, weight, size, geometry, groups: int) -> torch.Tensor:
+def input_gradient(grad, weight, size, geometry, groups: int) -> torch.Tensor:
     """First-order ∂/∂input of ``conv2d(input, weight, groups=groups)`` for the output gradient ``grad``:
     ATen's convolution backward into at most ``IMAGE_CHANNELS_MAX`` channels per group (the images), else the
     current backend's."""
@@ -131,7 +138,7 @@ class _GroupedWeightGradient(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             d_grad = F.conv2d(a, grad, None, stride, padding, dilation, ctx.n)
         if ctx.needs_input_grad[1]:
-            a_grad = _input_gradient(d, grad, a.shape[-2:], ctx.geometry, ctx.n)
+            a_grad = input_gradient(d, grad, a.shape[-2:], ctx.geometry, ctx.n)
         return d_grad, a_grad, None, None, None
 
 
@@ -140,8 +147,8 @@ def _conv_grouped(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dic
     summing over each candidate's K images; no im2col copies (10–40 % faster than unfold + einsum on
     LeNetZhu × 8)."""
     geometry = (tuple(m.stride), tuple(m.padding), tuple(m.dilation))
-    weight = _GroupedWeightGradient.apply(_grouped(d, n), _grouped(a, n), tuple(m.weight.shape), geometry, n)
-    bias = _per_candidate(d, n).sum((1, 3))
+    weight = _GroupedWeightGradient.apply(grouped(d, n), grouped(a, n), tuple(m.weight.shape), geometry, n)
+    bias = candidate_rows(d, n).sum((1, 3))
     return {"weight": weight.reshape(n, *m.weight.shape), "bias": bias}
 
 
@@ -156,7 +163,7 @@ def _conv_unfolded(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n: int) -> di
     """The same weight gradient as :func:`_conv_grouped`: Σ over a candidate's images and output positions of
     the signal times the unfolded input patch, one batched product per layer (twice differentiable)."""
     cols = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # [N·K, in·kh·kw, positions]
-    signal = _per_candidate(d, n)
+    signal = candidate_rows(d, n)
     weight = torch.einsum("nkol,nkcl->noc", signal, cols.reshape(n, -1, *cols.shape[1:]))
     return {"weight": weight.reshape(n, *m.weight.shape), "bias": signal.sum((1, 3))}
 
@@ -175,7 +182,7 @@ def _linear(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str,
 def _batchnorm(m: nn.BatchNorm2d, a: torch.Tensor, d: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     """γ's gradient Σ d·(a − μ)/σ written as (Σ d·a − μ Σ d)/σ: one activation-sized product instead of
     three (a tenth of ResNet20's evaluation went to such products)."""
-    d_sum = _per_candidate(d, n)
+    d_sum = candidate_rows(d, n)
     da = (d * a).reshape(d_sum.shape).sum((1, 3))
     bias = d_sum.sum((1, 3))
     weight = (da - m.running_mean * bias) * torch.rsqrt(m.running_var + m.eps)
@@ -208,7 +215,7 @@ class _SignalConv(torch.autograd.Function):
         if torch.is_grad_enabled() or weight.shape[1] > IMAGE_CHANNELS_MAX:
             x_grad = F.conv_transpose2d(grad, weight, None, stride, padding, extra, 1, dilation)
         else:
-            x_grad = _input_gradient(grad, weight, ctx.size, ctx.geometry, 1)  # the images': first order only
+            x_grad = input_gradient(grad, weight, ctx.size, ctx.geometry, 1)  # the images': first order only
         return x_grad, None, None, None, None, None
 
 

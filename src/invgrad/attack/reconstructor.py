@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from ..config import make_config
-from .defended import is_defense, simulate_defense
-from .engine import Engine, Simulator, gradient_simulator, split_parameters
+from .defended import defended_simulator, is_defense
+from .engine import Engine
 from .labels import LABEL_STRATEGIES, idlg_label, last_layer_labels
 from .objectives import layer_weights
+from .simulator import Simulator, gradient_simulator, split_parameters
 
 Update = Sequence[torch.Tensor]
 
@@ -64,17 +65,7 @@ class GradientReconstructor:
 
     def _defended(self, simulate: Simulator) -> Simulator:
         """The simulator as an attacker aware of the defense sees it (unchanged when unaware)."""
-        if self.defense is None:
-            return simulate
-        defense = self.defense
-
-        def defended(params, buffers, x, labels):
-            return simulate_defense(defense, simulate(params, buffers, x, labels))
-
-        plain = getattr(simulate, "plain", None)
-        if plain is not None:  # the engine's one-candidate path, defended alike
-            defended.plain = lambda x, labels: simulate_defense(defense, plain(x, labels))
-        return defended
+        return simulate if self.defense is None else defended_simulator(simulate, self.defense)
 
     def _label_evidence(self, update: Update) -> list[torch.Tensor]:
         """A gradient-like view of the update for the label rules (the gradient itself for FedSGD)."""
