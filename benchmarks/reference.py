@@ -1,4 +1,4 @@
-"""A plain, textbook PyTorch version of the two attacks, as a speed and correctness baseline for the engine.
+"""The readable version of the whole attack: plain PyTorch, the engine's speed and correctness baseline.
 
 Nothing from the engine is used: the parameter gradient of a candidate comes from
 ``torch.autograd.grad(..., create_graph=True)`` on the model itself, and a Python loop visits every image and

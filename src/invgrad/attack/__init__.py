@@ -10,8 +10,24 @@ _EXPORTS = {
     **dict.fromkeys(["LABEL_STRATEGIES", "idlg_label", "last_layer_labels"], ".labels"),
     **dict.fromkeys(["invert_linear", "recover_layer_input"], ".analytic"),
     "simulate_defense": ".defended",
+    **dict.fromkeys(["Objective", "OBJECTIVES", "register_objective"], ".objectives"),
     **dict.fromkeys(
-        ["analytic", "defended", "engine", "fedavg", "labels", "lbfgs", "objectives", "reconstructor"], ""
+        [
+            "analytic",
+            "defended",
+            "engine",
+            "evaluation",
+            "fedavg",
+            "labels",
+            "lbfgs",
+            "memory",
+            "objective_names",
+            "objectives",
+            "reconstructor",
+            "resume",
+            "simulator",
+        ],
+        "",
     ),
 }
 __all__ = sorted(_EXPORTS)

@@ -163,7 +163,10 @@ class Engine:
         ``EngineResult.label_logits``.
 
         ``state_path``: save the full optimisation state there every ``save_every`` iterations (crash-safe) and
-        resume from it when it exists, ending bit-identical (CPU) to an uninterrupted run; deleted on success.
+        resume from it when it exists, ending bit-identical (CPU) to an uninterrupted run; deleted on success. A
+        state of another attack (:func:`~invgrad.attack.resume.fingerprint`: config, threat model, update, labels,
+        init, seed, device, dtype) is set aside as ``<state>.stale`` with one logged line, and the attack starts
+        fresh.
 
         ``snapshot_at``: iterations (1-based counts) after which the image iterates of every restart are kept;
         they come back in ``EngineResult.snapshots``.

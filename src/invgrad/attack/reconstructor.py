@@ -124,7 +124,9 @@ class GradientReconstructor:
         """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W].
 
         ``state_path``: snapshot the optimisation there every ``save_every`` iterations and resume from it if it
-        exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success.
+        exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success. A
+        state of another attack (another config, threat model, update, labels, seed, device or dtype) is set
+        aside as ``<state>.stale`` with one logged line, and the attack starts fresh.
         ``snapshots``: iteration counts at which the chosen restart's iterate is also returned, in
         ``stats["snapshots"]`` ({iteration: images [E, K, C, H, W]}), e.g. ``engine.snapshot_iterations(n)``.
         ``memory_limit``: bytes the batched candidates may use (default: a CUDA device's free memory; no limit on
