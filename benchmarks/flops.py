@@ -75,7 +75,9 @@ def main() -> None:
     dm, ds = (s.reshape(-1, 1, 1) for s in data.mean_std("CIFAR10"))
     engine = Engine(model, gradient_simulator(model), cfg, dm, ds)
     targets = [torch.stack(per) for per in zip(*updates, strict=True)]
-    evaluate = engine._path(args.users)(targets, labels[:, None], torch.ones(args.users, len(targets)), None)
+    evaluate = engine.evaluations.path(args.users)(
+        targets, labels[:, None], torch.ones(args.users, len(targets)), None
+    )
     variables = [torch.randn(args.users, 1, 1, 3, 32, 32)]
     with flushed_denormals():
         ref_s = best_time(reference_eval, args.repeats)
