@@ -558,3 +558,26 @@ def test_candidate_total_variation_and_its_gradient_equal_autograds(shape):
     (theirs,) = torch.autograd.grad((expected * probe.reshape(-1)).sum(), x)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
     assert torch.autograd.gradcheck(candidate_total_variation, (x,))
+
+
+def test_a_bare_functional_simulator_runs_on_the_vmap_path_and_is_named_custom(
+    lenet, cifar_samples, cifar_stats
+):
+    """Any function (params, buffers, x, labels) -> update is a simulator: no faster forms, so torch.func (vmap)
+    for many candidates and functional autograd for one; equal to the FedSGD simulator it wraps."""
+    images, labels = cifar_samples
+    update = shared_gradient(lenet, images[:1], labels[:1])
+    targets, weights = [t[None] for t in update], torch.ones(1, len(update))
+    known = gradient_simulator(lenet)
+    cfg = make_config("ours", max_iterations=5, seed=3, total_variation=1e-2)
+    dm, ds = (s.reshape(-1, 1, 1) for s in cifar_stats)
+    bare = Engine(lenet, known.functional, cfg, dm, ds)
+    assert bare.simulate.describe() == {"kind": "custom", "defense_aware": False, "defense": None}
+    assert bare.evaluations.path(2) == bare.evaluations.vmapped
+    x = [torch.randn(1, 1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    (ours,), loss = bare.evaluations.path(1)(targets, labels[None, :1], weights, None)(x)
+    (plain,), loss_p = _engine(lenet, cifar_stats).evaluations.plain(
+        targets, labels[None, :1], weights, None
+    )(x)
+    torch.testing.assert_close(loss, loss_p, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
