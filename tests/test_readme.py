@@ -247,3 +247,14 @@ def test_readme_results_quote_only_the_report():
     victim = re.search(r"CIFAR10/LeNetZhu_e\d+ .*\| (0\.\d+) on \d+ \|", REPORT.read_text())
     assert accuracy and victim, "the trained victim's accuracy is missing from README.md or REPORT.md"
     assert f"{100 * float(victim[1]):.1f}" == accuracy[1]
+
+
+def test_readme_stays_a_users_page():
+    """At most 200 lines and no commit hashes: measurements and history live in docs/PERFORMANCE.md and
+    CHANGELOG.md, where they can be dated."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200, f"README.md has {len(text.splitlines())} lines (at most 200)"
+    hashes = [
+        h for h in re.findall(r"\b[0-9a-f]{7,40}\b", text) if re.search(r"\d", h) and re.search(r"[a-f]", h)
+    ]
+    assert not hashes, f"README.md names commits {hashes}: move that history to CHANGELOG.md"
