@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # their cells are reported "not run" (see README). `dvc pull` restores the archive too, where a remote holds it.
 CIFAR10_ARCHIVE ?=
 
-.PHONY: all install lock run demo test lint bench report clean
+.PHONY: all install lock run demo test test-fast lint bench report clean
 
 all: run
 
@@ -54,6 +54,10 @@ demo: $(STAMP)
 DEVICE ?= cpu
 test: $(STAMP)
 	CIFAR10_ARCHIVE="$(CIFAR10_ARCHIVE)" $(BIN)/python -m pytest -q --device $(DEVICE)
+
+# The fast tier: every test not marked slow (whole DAG, SLURM, DVC, installs, real budgets).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --device $(DEVICE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks

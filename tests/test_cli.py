@@ -130,6 +130,7 @@ def test_offline_torchvision_cifar_names_the_embedded_alternative(tmp_path, caps
     assert "embedded-CIFAR10" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_script_entry_point(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "reconstruct_image.py"), "--model", "NoSuchNet", "--output",

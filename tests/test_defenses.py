@@ -200,6 +200,7 @@ def test_large_noise_lowers_psnr_to_the_noise_level(lenet, cifar_samples, cifar_
     assert defense.privacy()["epsilon"] == pytest.approx(284.392, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_an_attacker_aware_of_pruning_does_better(lenet, cifar_samples, cifar_stats):
     """1 % top-k pruning. Unaware attacker: 10.8 / 9.6 dB; aware (prunes its own simulated gradient the same way):
     12.5 / 11.6 dB (objective 0.46 → 0.05-0.11). Floor: aware mean ≥ unaware mean + 0.5 dB."""

@@ -257,6 +257,7 @@ def pulled(pushed) -> Path:
     return copy_
 
 
+@pytest.mark.slow
 def test_push_clone_pull_then_snakemake_plans_nothing_upstream_of_the_attacks(pushed, pulled):
     origin = pushed["origin"]
     meta = json.loads((origin / CHECKPOINT).with_suffix(".json").read_text())
@@ -274,6 +275,7 @@ def test_push_clone_pull_then_snakemake_plans_nothing_upstream_of_the_attacks(pu
     assert "decode_split" not in plan
 
 
+@pytest.mark.slow
 def test_repro_without_training_data_says_so_then_trains_once_it_is_supplied(tmp_path):
     """No archive, no folder, no download: `dvc repro` succeeds and the victim records why it was not trained.
     Supplying the archive later is enough: the next `dvc repro` decodes it and trains (the 'not run' split is
@@ -304,6 +306,7 @@ def test_repro_without_training_data_says_so_then_trains_once_it_is_supplied(tmp
     assert training.verify_checkpoint(project / CHECKPOINT) == meta["sha256"]
 
 
+@pytest.mark.slow
 def test_a_corrupted_checkpoint_is_refused_and_dvc_restores_it(pushed, pulled):
     home, checkpoint = pushed["home"], pulled / CHECKPOINT
     good = checkpoint.read_bytes()
@@ -328,6 +331,7 @@ def test_a_corrupted_checkpoint_is_refused_and_dvc_restores_it(pushed, pulled):
         checkpoint.write_bytes(good)
 
 
+@pytest.mark.slow
 def test_pull_without_a_reachable_remote_fails_clearly(pushed):
     copy_ = clone(pushed, "noremote")
     home = pushed["home"]
@@ -340,6 +344,7 @@ def test_pull_without_a_reachable_remote_fails_clearly(pushed):
     assert not (copy_ / CHECKPOINT).exists()
 
 
+@pytest.mark.slow
 def test_a_param_change_is_an_experiment(pushed):
     copy_, home = pushed["origin"], pushed["home"]  # clones start from the commit, not from this workspace
     config_file = copy_ / "config/config.yaml"

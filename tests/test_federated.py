@@ -174,6 +174,7 @@ def _noise_psnr(truth_images, stats):
     return torch.tensor(_psnr(noise, truth_images, stats)["psnr"])
 
 
+@pytest.mark.slow
 def test_fedavg_paper_setting_is_reconstructed_well_above_noise(on_device, cifar_samples, cifar_stats):
     """Paper notebook setting (arXiv 2003.14053, Table 2 and Fig. 5): 1 image, 5 local steps, τ = 1e-4, untrained net; here LeNetZhu,
     200 signed-Adam steps, TV 1e-2, two users attacked in one batched call.
@@ -200,6 +201,7 @@ def test_fedavg_paper_setting_is_reconstructed_well_above_noise(on_device, cifar
     assert max(stats["opt"]) < 0.01
 
 
+@pytest.mark.slow
 def test_fedavg_with_a_large_local_lr_and_batchnorm(cifar_samples, cifar_stats):
     """ConvNet8 (BatchNorm), τ = 0.1 where the update is far from a gradient (see the test above), 1 image,
     40 iterations. Measured 13.6 dB at 40 and 14.3 dB at 80 iterations (noise 10.4 dB), objective 2-3e-4 (a FedSGD

@@ -10,6 +10,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
@@ -33,6 +34,7 @@ def _fake_dist(site: Path, name: str, version: str, requires: str = "") -> None:
     (info / "INSTALLER").write_text("pip\n")
 
 
+@pytest.mark.slow
 def test_a_users_newer_torch_is_kept(tmp_path):
     """A throwaway venv that sees the project's packages, with a (fake) torch 2.15.0 / torchvision 0.29.2 of its
     own: `pip install --dry-run --report` of invgrad installs invgrad alone."""
@@ -60,6 +62,7 @@ def test_a_users_newer_torch_is_kept(tmp_path):
     assert installs == {"invgrad": "0.1.0"}
 
 
+@pytest.mark.slow
 def test_a_too_old_torch_fails_at_install_time_with_pips_message(tmp_path):
     info = "torch-1.13.0.dist-info"
     with zipfile.ZipFile(tmp_path / "torch-1.13.0-py3-none-any.whl", "w") as wheel:  # a fake old torch wheel

@@ -85,6 +85,7 @@ def test_joint_label_optimisation_recovers_one_label(lenet, cifar_samples, cifar
     assert torch.allclose(stats["label_probs"].sum(-1), torch.ones(3, 1))
 
 
+@pytest.mark.slow
 def test_joint_label_optimisation_on_a_four_image_batch(dataset, lenet, cifar_stats):
     """DLG for K = 4 unique labels (LeNetZhu). Measured label accuracy: 1.0 (600 iterations, 2 restarts; 0.75 at
     200 iterations; over three batches 1.0 / 1.0 / 0.75). Chance (4 draws from 10 classes) ≈ 0.35.

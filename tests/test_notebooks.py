@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_analytic_notebook_executes_with_nbconvert(tmp_path):
     results, figures = tmp_path / "results" / "analytic", tmp_path / "figures"
     results.mkdir(parents=True)

@@ -179,6 +179,7 @@ print(json.dumps({"counts": counts, "heavy": sorted(m for m in ("torch", "torchv
 # ----------------------------------------------------------------------------------------------------------------
 # The toy experiment through the DAG
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[workflow])")
 def test_toy_experiment_runs_through_the_dag(tmp_path):
     """Module + config block + notebook: the workflow attacks, tabulates, plots it and decides its claim."""

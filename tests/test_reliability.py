@@ -42,6 +42,7 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_HOME": str(ROOT / ".cache" / "torch")}
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_no_finished_file_and_rerun_resumes_identically(tmp_path):
     reference = tmp_path / "reference"
     subprocess.run(_command(reference), check=True, env=_env(), capture_output=True, timeout=300)

@@ -143,6 +143,7 @@ def cluster(tmp_path_factory):
         yield running
 
 
+@pytest.mark.slow
 def test_profile_through_sbatch_groups_bad_partition_and_resume(cluster, tmp_path):
     # The local reference run goes alongside step 1 (whose SLURM job mostly waits on status polls).
     local = project_copy(tmp_path / "local")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 IMPORT_AND_BUILD = """
@@ -61,6 +63,7 @@ def _install_copy(tmp_path) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_import_and_building_models_change_nothing_process_wide(tmp_path):
     work = _install_copy(tmp_path)
     report = json.loads(_python(IMPORT_AND_BUILD, work, tmp_path).strip().splitlines()[-1])
@@ -69,6 +72,7 @@ def test_import_and_building_models_change_nothing_process_wide(tmp_path):
     assert report["data_root"] == str(work / "data" / "raw")
 
 
+@pytest.mark.slow
 def test_the_cli_runs_from_a_folder_outside_the_checkout(tmp_path):
     """From an empty folder: data root, outputs and attack state all land under it (or where told)."""
     work = _install_copy(tmp_path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 
@@ -180,6 +181,7 @@ def test_convergence_from_snapshots():
     assert verdict["converged"] is True and verdict["convergence_basis"] == "half-budget run"
 
 
+@pytest.mark.slow
 def test_decode_split_script_records_a_missing_source(tmp_path):
     out = tmp_path / "CIFAR10-train.pt"
     spec = {

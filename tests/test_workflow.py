@@ -55,6 +55,7 @@ def project(tmp_path_factory):
     return project
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/test.yaml"])
 def test_dry_run_lists_every_experiment(project, configfile):
     result = snakemake(project, "-n", "--configfile", configfile)
@@ -63,6 +64,7 @@ def test_dry_run_lists_every_experiment(project, configfile):
         assert f"results/{experiment}/{experiment}.ipynb" in result.stdout  # its figure job (the notebook)
 
 
+@pytest.mark.slow
 def test_dry_run_of_the_paper_config(tmp_path):
     project = project_copy(tmp_path)
     (project / "data/raw/imagenet/val/n01440764").mkdir(
@@ -76,6 +78,7 @@ def test_dry_run_of_the_paper_config(tmp_path):
     assert "results/table1/ResNet20-4_trained_zhu/99.json" in result.stdout  # the table job reads every image
 
 
+@pytest.mark.slow
 def test_paper_config_plans_without_imagenet(tmp_path):
     """No ImageNet folder: the rest of the paper config still plans; its ImageNet cells will say "not run"."""
     project = project_copy(tmp_path)
@@ -107,6 +110,7 @@ def test_imagenet_cell_without_folder_is_not_run(tmp_path):
     assert "needs an ImageNet validation folder" in records[0]["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -124,6 +128,7 @@ def test_bad_config_fails_at_start_with_the_schema_message(tmp_path, edit, messa
     assert not (project / "results").exists()
 
 
+@pytest.mark.slow
 def test_unknown_model_fails_at_start(tmp_path):
     project = project_copy(tmp_path)
     (project / "config/bad.yaml").write_text("experiments:\n  labels:\n    models: [NoSuchNet]\n")
@@ -132,6 +137,7 @@ def test_unknown_model_fails_at_start(tmp_path):
     assert "unknown model 'NoSuchNet'" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_whole_dag_on_test_config(project):
     """Whole DAG (every experiment, notebooks, report) on config/test.yaml; then a targeted rerun of one cell."""
