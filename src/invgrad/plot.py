@@ -105,7 +105,7 @@ def grid(
     cols = _columns(n, 1 + len(recs), cell_w, block_h / (1 + len(recs)), max_columns)
     blocks = math.ceil(n / cols)
     left = size * 0.35  # row names, written vertically
-    top = size * 0.45 if title else size * 0.1
+    top = size * 0.35 if title else size * 0.1
     bottom = size * 0.35 if caption else size * 0.05
     width, height = left + cols * cell_w + size * 0.05, top + blocks * block_h + bottom
     fig = Figure(figsize=(width, height))
@@ -134,7 +134,7 @@ def grid(
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
-        fig.text(0.5, 1 - size * 0.12 / height, title, ha="center", va="top", fontsize=10)
+        fig.text(0.5, 1 - size * 0.08 / height, title, ha="center", va="top", fontsize=10)
     if caption:
         fig.text(0.5, size * 0.08 / height, caption, ha="center", va="bottom", fontsize=7, color="0.3")
     return fig
