@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -105,7 +106,9 @@ def random_lpips():
     import lpips  # the lpips extra is part of dev: a missing package fails here, it is not skipped
 
     torch.manual_seed(0)
-    return lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+    with warnings.catch_warnings():  # lpips 0.1.4 passes torchvision's deprecated ``pretrained``
+        warnings.simplefilter("ignore", UserWarning)
+        return lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
 
 
 @pytest.fixture
@@ -143,6 +146,8 @@ def test_lpips_without_backbone_weights_is_the_na_text_never_a_number(empty_hub)
     assert metrics.lpips_weights_path() == empty_hub / "checkpoints" / "alexnet-owt-7be5be79.pth"
     out = metrics.image_metrics(rec, truth)
     assert out["lpips"] == out["lpips_mean"] == metrics.LPIPS_NO_WEIGHTS
+    with pytest.raises(ValueError, match=r"LPIPS \(alex\) cannot run: n/a: no AlexNet weights"):
+        metrics.lpips_per_image(rec, truth)  # asked directly: one clear line, no download attempt
     assert metrics.LPIPS_NO_WEIGHTS == (
         "n/a: no AlexNet weights (run once online, or put alexnet-owt-7be5be79.pth in $TORCH_HOME/hub/checkpoints)"
     )

@@ -145,8 +145,8 @@ def lpips_per_image(
     """LPIPS distance per image (float64, lower is closer) of [0, 1] images, scaled to [-1, 1] as lpips expects.
 
     ``model`` is an ``lpips.LPIPS`` to use instead of the cached pretrained one (tests pass a random backbone);
-    without it the backbone weights must be present (:func:`lpips_unavailable`), else torchvision would try to
-    download them. Grey images are repeated to three channels; a non-finite reconstruction gives NaN.
+    without it the backbone weights must be present (:func:`lpips_unavailable`; a ValueError names the remedy
+    otherwise). Grey images are repeated to three channels; a non-finite reconstruction gives NaN.
     """
     if rec.shape != truth.shape or rec.dim() != 4:
         raise ValueError(
@@ -155,6 +155,9 @@ def lpips_per_image(
     if min(rec.shape[-2:]) < LPIPS_MIN_SIZE:
         raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} px, got {tuple(rec.shape[-2:])}")
     if model is None:
+        reason = lpips_unavailable(net)
+        if reason is not None:  # else torchvision would try to download the backbone
+            raise ValueError(f"LPIPS ({net}) cannot run: {reason}")
         model = _lpips_model(net)
     device = next(model.parameters()).device
     a, b = (x.detach().float().to(device) * 2 - 1 for x in (rec, truth))
