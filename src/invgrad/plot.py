@@ -38,7 +38,7 @@ def _captions(rec: torch.Tensor, truth: torch.Tensor, scores: Mapping | None) ->
     lpips = scores.get("lpips") if scores else None
     lines = []
     for i, value in enumerate(psnr):
-        text = "failed (NaN)" if math.isnan(value) else ("PSNR ∞" if math.isinf(value) else f"{value:.2f} dB")
+        text = "failed (NaN)" if math.isnan(value) else ("∞ dB" if math.isinf(value) else f"{value:.2f} dB")
         if isinstance(lpips, Sequence) and not isinstance(lpips, str):
             text += f"\nLPIPS {lpips[i]:.3f}"
         lines.append(text)
@@ -108,6 +108,10 @@ def grid(
     top = size * 0.35 if title else size * 0.1
     bottom = size * 0.35 if caption else size * 0.05
     width, height = left + cols * cell_w + size * 0.05, top + blocks * block_h + bottom
+    # A title or caption wider than the images widens the page (about 0.6 em per character); images centred.
+    text_width = max(len(title or "") * 10, len(caption or "") * 7) * 0.6 / 72 + 0.3
+    if text_width > width:
+        left, width = left + (text_width - width) / 2, text_width
     fig = Figure(figsize=(width, height))
 
     def axes_at(x: float, y_top: float):
@@ -121,7 +125,7 @@ def grid(
             ax = axes_at(x, y + (size * _LABEL_BAND if labels is not None else 0))
             ax.imshow(_image(ground_truth[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             if labels is not None:
-                ax.set_title(str(labels[i]), fontsize=8, pad=2)
+                ax.set_title(str(labels[i]), fontsize=8 if len(str(labels[i])) <= 14 * size else 6, pad=2)
             if j == 0:
                 ax.set_ylabel(truth_name, fontsize=8)
             for r, (name, rec) in enumerate(zip(names, recs, strict=True)):
