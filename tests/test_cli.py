@@ -177,3 +177,7 @@ def test_the_tv_default_is_the_presets_and_the_help_says_it():
     assert cli._attack_config(zhu)["total_variation"] == 0.0
     tv_help = next(a.help for a in cli.build_parser()._actions if "--tv" in a.option_strings)
     assert tv_help == "total-variation weight (default: 0.01 ours, 0 zhu)"
+    optim_help = next(a.help for a in cli.build_parser()._actions if "--optim" in a.option_strings)
+    assert "cosine, signed Adam lr 0.1, 4800 iterations, TV 0.01" in optim_help
+    assert PRESETS["ours"]["cost_fn"] == "sim" and PRESETS["ours"]["signed"] and PRESETS["ours"]["lr"] == 0.1
+    assert cli._attack_config(args)["max_iterations"] == 4800

@@ -98,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="state dict of the victim (loaded with weights_only=True)"
     )
     p.add_argument(
-        "--optim", default="ours", choices=sorted(PRESETS), help="ours = paper; zhu = DLG baseline"
+        "--optim",
+        default="ours",
+        choices=sorted(PRESETS),
+        help=f"ours = the paper's Table-1 attack (cosine, signed Adam lr 0.1, {DEFAULT_ITERATIONS['ours']} "
+        f"iterations, TV {DEFAULT_TV['ours']:g}); zhu = DLG baseline (l2, L-BFGS, "
+        f"{DEFAULT_ITERATIONS['zhu']} steps, no TV)",
     )
     p.add_argument("--cost_fn", default=None, help="sim, simlocal, l2, l1, max (default from --optim)")
     p.add_argument("--indices", default="def", help="def, topN, firstN, lastN")
