@@ -138,3 +138,47 @@ def test_script_entry_point(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "Unknown model 'NoSuchNet'" in proc.stderr
+
+
+def test_reconstruction_png_is_the_paper_grid_with_psnr_and_class_names(tmp_path, monkeypatch):
+    import re
+
+    import matplotlib.text
+    import torch
+
+    from invgrad import cli, metrics, plot
+    from invgrad.data.catalog import CIFAR10_CLASSES
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no AlexNet weights here
+    figures = []
+    monkeypatch.setattr(cli, "grid", lambda *a, **k: figures.append(plot.grid(*a, **k)) or figures[-1])
+    code, out = _run(tmp_path, "--target_id", "0", "--num_exp", "3")
+    assert code == 0
+    result = json.loads((out / "metrics.json").read_text())
+    texts = [t.get_text() for t in figures[0].findobj(matplotlib.text.Text) if t.get_text()]
+    psnr = [v for exp in result["experiments"] for v in exp["psnr"]]
+    assert [t for t in texts if t.endswith(" dB") and "\n" not in t] == [f"{v:.2f} dB" for v in psnr]
+    classes = {CIFAR10_CLASSES[label] for exp in result["experiments"] for label in exp["labels"]}
+    assert {"ground truth", "proposed"} | classes <= set(texts)
+    assert any(t.startswith("LeNetZhu on embedded-CIFAR10: mean PSNR") for t in texts)
+    assert not [t for t in texts[:-1] if re.search(r"\b\w+_\w+\b", t)]  # only the footer may name a path
+    width, height = Image.open(out / "reconstruction.png").size
+    assert max(width / height, height / width) <= 4
+    assert result["lpips_mean"] == metrics.LPIPS_NO_WEIGHTS
+    assert all(exp["lpips"] == metrics.LPIPS_NO_WEIGHTS for exp in result["experiments"])
+
+
+def test_the_tv_default_is_the_presets_and_the_help_says_it():
+    from invgrad import cli
+    from invgrad.config import PRESETS
+
+    args = cli.build_parser().parse_args([])
+    assert cli._attack_config(args)["total_variation"] == PRESETS["ours"]["total_variation"] == 1e-2
+    zhu = cli.build_parser().parse_args(["--optim", "zhu"])
+    assert cli._attack_config(zhu)["total_variation"] == 0.0
+    tv_help = next(a.help for a in cli.build_parser()._actions if "--tv" in a.option_strings)
+    assert tv_help == "total-variation weight (default: 0.01 ours, 0 zhu)"
+    optim_help = next(a.help for a in cli.build_parser()._actions if "--optim" in a.option_strings)
+    assert "cosine, signed Adam lr 0.1, 4800 iterations, TV 0.01" in optim_help
+    assert PRESETS["ours"]["cost_fn"] == "sim" and PRESETS["ours"]["signed"] and PRESETS["ours"]["lr"] == 0.1
+    assert cli._attack_config(args)["max_iterations"] == 4800

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -95,3 +96,83 @@ def test_layer_weights_select_and_weigh():
     assert layer_weights("last2", "equal", target).tolist() == [0, 0, 1, 1]
     assert layer_weights("def", "linear", target).tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25])
     assert float(layer_weights("def", "exp", target).sum()) == pytest.approx(1.0)
+
+
+# -- LPIPS: the plumbing, offline, with a randomly initialised AlexNet backbone (real values need its weights) --
+
+
+@pytest.fixture(scope="module")
+def random_lpips():
+    import lpips  # the lpips extra is part of dev: a missing package fails here, it is not skipped
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # lpips 0.1.4 passes torchvision's deprecated ``pretrained``
+        warnings.simplefilter("ignore", UserWarning)
+        return lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_lpips_per_image_scales_to_minus_one_one_and_keeps_failures(random_lpips):
+    torch.manual_seed(1)
+    truth, rec = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    rec[2] = math.nan
+    values = metrics.lpips_per_image(rec, truth, model=random_lpips)
+    assert values.shape == (3,) and values.dtype == torch.float64
+    with torch.no_grad():
+        direct = random_lpips(rec[:2] * 2 - 1, truth[:2] * 2 - 1).flatten().double()
+    assert values[:2].tolist() == pytest.approx(direct.tolist(), rel=1e-6)
+    assert (values[:2] > 0).all() and math.isnan(values[2])
+    assert metrics.lpips_per_image(truth, truth, model=random_lpips).abs().max() < 1e-6
+
+
+def test_lpips_repeats_grey_images_and_refuses_tiny_ones(random_lpips):
+    grey = torch.rand(2, 1, 32, 32)
+    values = metrics.lpips_per_image(grey, grey.flip(0), model=random_lpips)
+    expected = metrics.lpips_per_image(
+        grey.repeat(1, 3, 1, 1), grey.flip(0).repeat(1, 3, 1, 1), model=random_lpips
+    )
+    assert values.tolist() == pytest.approx(expected.tolist())
+    with pytest.raises(ValueError, match="at least 32 px"):
+        metrics.lpips_per_image(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), model=random_lpips)
+
+
+def test_lpips_without_backbone_weights_is_the_na_text_never_a_number(empty_hub):
+    truth, rec = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    assert metrics.lpips_weights_path() == empty_hub / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    out = metrics.image_metrics(rec, truth)
+    assert out["lpips"] == out["lpips_mean"] == metrics.LPIPS_NO_WEIGHTS
+    with pytest.raises(ValueError, match=r"LPIPS \(alex\) cannot run: n/a: no AlexNet weights"):
+        metrics.lpips_per_image(rec, truth)  # asked directly: one clear line, no download attempt
+    assert metrics.LPIPS_NO_WEIGHTS == (
+        "n/a: no AlexNet weights (run once online, or put alexnet-owt-7be5be79.pth in $TORCH_HOME/hub/checkpoints)"
+    )
+
+
+def test_lpips_without_the_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "lpips", None)  # import lpips -> ImportError
+    assert (
+        metrics.lpips_or_reason(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+        == metrics.LPIPS_NO_PACKAGE
+    )
+
+
+def test_image_metrics_carry_lpips_per_image_when_the_weights_are_present(
+    random_lpips, empty_hub, monkeypatch
+):
+    weights = metrics.lpips_weights_path()
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")  # only its presence is checked; the model below stands in for the pretrained one
+    monkeypatch.setattr(metrics, "_lpips_model", lambda net: random_lpips)
+    truth = torch.rand(3, 3, 32, 32)
+    rec = truth[[2, 0, 1]] + 0.05 * torch.randn(3, 3, 32, 32)
+    out = metrics.image_metrics(rec.clamp(0, 1), truth, match=True)
+    expected = metrics.lpips_per_image(rec.clamp(0, 1)[out["order"]], truth, model=random_lpips)
+    assert out["lpips"] == pytest.approx(expected.tolist()) and len(out["lpips"]) == 3
+    assert out["lpips_mean"] == pytest.approx(float(expected.mean()))
+    small = metrics.image_metrics(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+    assert small["lpips"].startswith("n/a: LPIPS needs images of at least 32 px")

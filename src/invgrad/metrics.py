@@ -6,8 +6,10 @@ de-normalising and clamping. Per-image values are returned so that failures (NaN
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,11 +87,104 @@ def attack_failed(reconstruction: torch.Tensor) -> bool:
     return not bool(torch.isfinite(reconstruction).all())
 
 
+# LPIPS (Zhang et al. 2018) as the field's other frameworks report it: AlexNet features + the linear heads that
+# ship in the ``lpips`` wheel. The AlexNet backbone comes from torchvision's weights, which cannot be fetched
+# offline, and a randomly initialised backbone gives numbers that mean nothing: without the file, no number.
+LPIPS_NO_PACKAGE = "n/a: lpips not installed (pip install -e .[lpips])"
+_NO_WEIGHTS = "n/a: no {label} weights (run once online, or put {file} in $TORCH_HOME/hub/checkpoints)"
+LPIPS_NO_WEIGHTS = _NO_WEIGHTS.format(label="AlexNet", file="alexnet-owt-7be5be79.pth")
+LPIPS_MIN_SIZE = 32  # AlexNet's strided convolutions and pools leave no feature map below this
+
+
+def _lpips_backbone_weights(net: str):
+    import torchvision.models as tvm
+
+    enums = {
+        "alex": tvm.AlexNet_Weights.IMAGENET1K_V1,
+        "vgg": tvm.VGG16_Weights.IMAGENET1K_V1,
+        "squeeze": tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+    }
+    if net not in enums:
+        raise ValueError(f"unknown LPIPS network {net!r}; choose one of {sorted(enums)}")
+    return enums[net]
+
+
+def lpips_weights_path(net: str = "alex") -> Path:
+    """Where torch hub keeps the backbone's ImageNet weights (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    url = _lpips_backbone_weights(net).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def lpips_unavailable(net: str = "alex") -> str | None:
+    """None when LPIPS can give real values offline, else the "n/a: ..." text to report instead of a number."""
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return LPIPS_NO_PACKAGE
+    path = lpips_weights_path(net)
+    if not path.is_file():
+        return _NO_WEIGHTS.format(label={"alex": "AlexNet"}.get(net, net.upper()), file=path.name)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _lpips_model(net: str) -> torch.nn.Module:
+    import warnings
+
+    import lpips
+
+    with warnings.catch_warnings():  # lpips 0.1.4 calls torchvision's deprecated ``pretrained=True``
+        warnings.simplefilter("ignore", UserWarning)
+        return lpips.LPIPS(net=net, verbose=False).eval()
+
+
+@torch.no_grad()
+def lpips_per_image(
+    rec: torch.Tensor, truth: torch.Tensor, net: str = "alex", model: torch.nn.Module | None = None
+) -> torch.Tensor:
+    """LPIPS distance per image (float64, lower is closer) of [0, 1] images, scaled to [-1, 1] as lpips expects.
+
+    ``model`` is an ``lpips.LPIPS`` to use instead of the cached pretrained one (tests pass a random backbone);
+    without it the backbone weights must be present (:func:`lpips_unavailable`; a ValueError names the remedy
+    otherwise). Grey images are repeated to three channels; a non-finite reconstruction gives NaN.
+    """
+    if rec.shape != truth.shape or rec.dim() != 4:
+        raise ValueError(
+            f"LPIPS needs two [N, C, H, W] tensors of one shape, got {tuple(rec.shape)} and {tuple(truth.shape)}"
+        )
+    if min(rec.shape[-2:]) < LPIPS_MIN_SIZE:
+        raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} px, got {tuple(rec.shape[-2:])}")
+    if model is None:
+        reason = lpips_unavailable(net)
+        if reason is not None:  # else torchvision would try to download the backbone
+            raise ValueError(f"LPIPS ({net}) cannot run: {reason}")
+        model = _lpips_model(net)
+    device = next(model.parameters()).device
+    a, b = (x.detach().float().to(device) * 2 - 1 for x in (rec, truth))
+    if a.shape[1] == 1:
+        a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
+    values = model(a, b).flatten().double().cpu()
+    finite = torch.isfinite(rec.detach().cpu()).flatten(1).all(dim=1)
+    return torch.where(finite, values, torch.full_like(values, math.nan))
+
+
+def lpips_or_reason(rec: torch.Tensor, truth: torch.Tensor, net: str = "alex") -> list[float] | str:
+    """Per-image LPIPS as a list, or the "n/a: ..." reason where it cannot be computed offline, never a number."""
+    reason = lpips_unavailable(net)
+    if reason is None and min(rec.shape[-2:]) < LPIPS_MIN_SIZE:
+        reason = f"n/a: LPIPS needs images of at least {LPIPS_MIN_SIZE} px, got {tuple(rec.shape[-2:])}"
+    return reason if reason is not None else lpips_per_image(rec, truth, net).tolist()
+
+
 def image_metrics(rec: torch.Tensor, truth: torch.Tensor, match: bool = False) -> dict:
-    """Per-image PSNR/MSE/SSIM on [0, 1] images (optionally after Hungarian matching) and their means."""
+    """Per-image PSNR/MSE/SSIM/LPIPS on [0, 1] images (optionally after Hungarian matching) and their means.
+
+    ``lpips`` and ``lpips_mean`` hold the "n/a: ..." text of :func:`lpips_or_reason` when LPIPS is unavailable.
+    """
     order = match_images(rec, truth) if match else list(range(truth.shape[0]))
     rec = rec[order]
     psnr, mse, ssim = psnr_per_image(rec, truth), mse_per_image(rec, truth), ssim_per_image(rec, truth)
+    lpips = lpips_or_reason(rec, truth)  # a list, or the reason text
     return {
         "pairing": "hungarian" if match else "identity",
         "order": order,
@@ -99,6 +194,8 @@ def image_metrics(rec: torch.Tensor, truth: torch.Tensor, match: bool = False) -
         "psnr_mean": float(psnr.mean()),
         "mse_mean": float(mse.mean()),
         "ssim_mean": float(ssim.mean()),
+        "lpips": lpips,
+        "lpips_mean": lpips if isinstance(lpips, str) else float(np.mean(lpips)),
     }
 
 

@@ -33,6 +33,11 @@ class GradientReconstructor:
 
     ``reconstruct(input_gradient, labels, img_shape)`` returns ``(images, stats)`` with images in normalised
     coordinates; ``reconstruct_many`` attacks several independent updates in one batched call.
+
+    ``config``: a mapping of :data:`invgrad.config.DEFAULT_CONFIG` keys, or a preset name. Without one the
+    defaults are the official code's ``DEFAULT_CONFIG`` (unsigned Adam, TV 1e-1, 4,800 iterations), which is not
+    the paper's Table-1 attack: for that pass ``config="ours"`` (cosine, signed Adam lr 0.1, 4,800 iterations,
+    TV 1e-2 on LeNet (Zhu)), or ``"zhu"`` for the DLG baseline. The CLI's default is ``"ours"``.
     """
 
     def __init__(
@@ -97,6 +102,27 @@ class GradientReconstructor:
         save_every: int = 500,
         memory_limit: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Reconstruct one user's K = ``num_images`` images from its shared gradient.
+
+        Args:
+            input_gradient: one tensor per trainable parameter, in ``model.parameters()`` order (the gradient
+                of the user's loss; checked for shape and finiteness before any work).
+            labels: the K labels when the threat model grants them, else a strategy: ``None`` / ``"idlg"``
+                (iDLG, K = 1), ``"last-layer"`` (K most negative last-layer row sums, unique labels) or
+                ``"joint"`` (DLG: label logits optimised with the images).
+            img_shape: (C, H, W) of one image.
+            restart_chunk: at most this many restarts optimised at once (default: all that fit).
+            state_path, save_every, memory_limit: as in :meth:`reconstruct_many`.
+
+        Returns:
+            ``(images, stats)``: images [K, C, H, W] in normalised coordinates (de-normalise with
+            :func:`invgrad.metrics.to_unit_range`; NaN where every restart failed) and the stats of
+            :meth:`reconstruct_many` for this one update (its per-experiment entries unwrapped).
+
+        With labels not granted, image i is the reconstruction for ``stats["labels"][i]``, and the recovered
+        labels come back in sorted-label order (``"last-layer"``) or the optimiser's order (``"joint"``), not
+        the user's: score with ``invgrad.metrics.image_metrics(rec, truth, match=True)`` (Hungarian pairing).
+        """
         many_labels = labels if labels is None or isinstance(labels, str) else [labels]
         images, stats = self.reconstruct_many(
             [input_gradient],
@@ -123,6 +149,19 @@ class GradientReconstructor:
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W].
 
+        ``input_gradients``: E updates, each one tensor per trainable parameter; ``img_shape``: (C, H, W);
+        ``restart_chunk``: at most this many restarts optimised at once.
+
+        Returns ``(images, stats)``: images [E, K, C, H, W] in normalised coordinates (an experiment whose every
+        restart failed is NaN), and ``stats`` with, per experiment (lists of length E, tensors with leading E):
+        ``restart_losses`` / ``restart_tv`` (each restart's final reconstruction loss without TV, and its TV),
+        ``chosen`` (index of the selected restart; None when none was finite or for the pixelmean/pixelmedian
+        consensus), ``failures`` (non-finite restarts), ``opt`` (the chosen restart's loss, NaN if none),
+        ``labels`` (tensor [E, K]: the labels the images were reconstructed for: given, recovered or the joint
+        argmax) and, for ``labels='joint'``, ``label_probs`` ([E, K, classes] soft labels of the chosen
+        restart); and for the whole call: ``snapshots``, ``labels_known``, ``label_strategy``, ``threat_model``,
+        ``seed`` (the one used, drawn when the config's is None), ``iterations``, ``seconds`` and ``config``.
+
         ``state_path``: snapshot the optimisation there every ``save_every`` iterations and resume from it if it
         exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success. A
         state of another attack (another config, threat model, update, labels, seed, device or dtype) is set
@@ -135,6 +174,9 @@ class GradientReconstructor:
         ``labels``: one label set per update (known labels), or a strategy for labels not granted — ``None`` /
         ``'idlg'`` (iDLG, one image), ``'last-layer'`` (K most negative last-layer row sums, unique labels) or
         ``'joint'`` (DLG: label logits optimised jointly with the images; the chosen restart's argmax is reported).
+        Recovered labels come back sorted by class (``'last-layer'``) or in the optimiser's order (``'joint'``),
+        so image k of an experiment need not be the user's image k: score with ``match=True``
+        (:func:`invgrad.metrics.image_metrics`, Hungarian pairing), as :mod:`invgrad.replication.cells` does.
         """
         img_shape = tuple(int(s) for s in img_shape)
         if len(input_gradients) == 0:

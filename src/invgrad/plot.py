@@ -1,0 +1,144 @@
+"""The paper's image grid (arXiv 2003.14053, Figs. 2-6): a ground-truth row above one row per reconstruction,
+the PSNR (and LPIPS where it was computed) under each reconstructed image and class names above the truth.
+
+Long batches wrap into blocks so the page stays near the paper's 2-3:1 landscape shape instead of one long strip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from . import metrics as _metrics
+
+TARGET_ASPECT = 2.5  # width : height of the paper's grids
+_LABEL_BAND, _TEXT_LINE, _GAP = 0.22, 0.17, 0.06  # inches, per image of ``size`` inches
+
+
+def _as_rows(reconstructions, metrics) -> tuple[list[str], list[torch.Tensor], list]:
+    """One tensor or a name → tensor mapping; metrics alike (an ``image_metrics`` dict, or one per name)."""
+    if isinstance(reconstructions, torch.Tensor):
+        return ["reconstruction"], [reconstructions], [metrics]
+    names = list(reconstructions)
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise ValueError("with several reconstruction rows, metrics must map each row's name to its metrics")
+    per_row = [None if metrics is None else metrics.get(name) for name in names]
+    return names, [reconstructions[name] for name in names], per_row
+
+
+def _captions(rec: torch.Tensor, truth: torch.Tensor, scores: Mapping | None) -> list[str]:
+    """ "PSNR xx.xx dB" (+ "LPIPS 0.xxx" where a number exists) per image; PSNR computed if not given."""
+    psnr = (
+        list(scores["psnr"]) if scores and "psnr" in scores else _metrics.psnr_per_image(rec, truth).tolist()
+    )
+    lpips = scores.get("lpips") if scores else None
+    lines = []
+    for i, value in enumerate(psnr):
+        text = "failed (NaN)" if math.isnan(value) else ("∞ dB" if math.isinf(value) else f"{value:.2f} dB")
+        if isinstance(lpips, Sequence) and not isinstance(lpips, str):
+            text += f"\nLPIPS {lpips[i]:.3f}"
+        lines.append(text)
+    return lines
+
+
+def _columns(n: int, rows_per_block: int, cell_w: float, cell_h: float, max_columns: int) -> int:
+    """Images per block row whose page comes closest to TARGET_ASPECT (log scale), fewer blocks on ties."""
+    best, best_cols = math.inf, 1
+    for blocks in range(1, n + 1):
+        cols = math.ceil(n / blocks)
+        if cols > max_columns or math.ceil(n / cols) != blocks:
+            continue
+        distance = abs(math.log(cols * cell_w / (blocks * rows_per_block * cell_h) / TARGET_ASPECT))
+        if distance < best - 1e-9:
+            best, best_cols = distance, cols
+    return best_cols
+
+
+def _image(tensor: torch.Tensor) -> np.ndarray:
+    array = torch.nan_to_num(tensor.detach().float().cpu(), nan=0.0).clamp(0, 1).permute(1, 2, 0).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def grid(
+    ground_truth: torch.Tensor,
+    reconstructions: torch.Tensor | Mapping[str, torch.Tensor],
+    metrics: Mapping | None = None,
+    labels: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    truth_name: str = "ground truth",
+    size: float = 1.0,
+    max_columns: int = 12,
+) -> Figure:
+    """Draw the paper's grid and return the matplotlib Figure (no pyplot state; save it with ``savefig``).
+
+    ground_truth: [N, C, H, W] in [0, 1] (de-normalised, e.g. by :func:`invgrad.metrics.to_unit_range`).
+    reconstructions: one [N, C, H, W] tensor in [0, 1], already paired with the truth (``record["order"]``), or
+        a mapping of row names (e.g. "proposed", "DLG") to such tensors, drawn in that order.
+    metrics: :func:`invgrad.metrics.image_metrics` output for the one tensor, or a name → output mapping; its
+        ``psnr`` goes under each image, its ``lpips`` too where it is a list (an "n/a: ..." text is not drawn).
+        Without metrics the PSNR is computed here against ``ground_truth`` in the given order.
+    labels: N class names drawn above the ground-truth images. title / caption: above / below the grid.
+    size: inches per image; max_columns: images per row before the batch wraps into another block.
+    """
+    names, recs, scores = _as_rows(reconstructions, metrics)
+    n = ground_truth.shape[0]
+    for name, rec in zip(names, recs, strict=True):
+        if rec.shape != ground_truth.shape:
+            raise ValueError(
+                f"reconstruction {name!r} has shape {tuple(rec.shape)}, ground truth {tuple(ground_truth.shape)}"
+            )
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} entries for {n} images")
+    captions = [_captions(rec, ground_truth, s) for rec, s in zip(recs, scores, strict=True)]
+    lines = max(c.count("\n") + 1 for row in captions for c in row)
+
+    truth_h = size * (1 + (_LABEL_BAND if labels is not None else 0) + _GAP)
+    rec_h = size * (1 + lines * _TEXT_LINE + _GAP)
+    cell_w = size * (1 + _GAP)
+    block_h = truth_h + len(recs) * rec_h
+    cols = _columns(n, 1 + len(recs), cell_w, block_h / (1 + len(recs)), max_columns)
+    blocks = math.ceil(n / cols)
+    left = size * 0.35  # row names, written vertically
+    top = size * 0.35 if title else size * 0.1
+    bottom = size * 0.35 if caption else size * 0.05
+    width, height = left + cols * cell_w + size * 0.05, top + blocks * block_h + bottom
+    # A title or caption wider than the images widens the page (about 0.6 em per character); images centred.
+    text_width = max(len(title or "") * 10, len(caption or "") * 7) * 0.6 / 72 + 0.3
+    if text_width > width:
+        left, width = left + (text_width - width) / 2, text_width
+    fig = Figure(figsize=(width, height))
+
+    def axes_at(x: float, y_top: float):
+        """An image's axes at x inches from the left, its top y_top inches from the figure's top."""
+        return fig.add_axes((x / width, 1 - (y_top + size) / height, size / width, size / height))
+
+    for b in range(blocks):
+        y = top + b * block_h
+        for j, i in enumerate(range(b * cols, min(n, (b + 1) * cols))):
+            x = left + j * cell_w
+            ax = axes_at(x, y + (size * _LABEL_BAND if labels is not None else 0))
+            ax.imshow(_image(ground_truth[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if labels is not None:
+                ax.set_title(str(labels[i]), fontsize=8 if len(str(labels[i])) <= 14 * size else 6, pad=2)
+            if j == 0:
+                ax.set_ylabel(truth_name, fontsize=8)
+            for r, (name, rec) in enumerate(zip(names, recs, strict=True)):
+                ax = axes_at(x, y + truth_h + r * rec_h)
+                ax.imshow(_image(rec[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xlabel(captions[r][i], fontsize=7, labelpad=2)
+                if j == 0:
+                    ax.set_ylabel(name, fontsize=8)
+    for ax in fig.axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.text(0.5, 1 - size * 0.08 / height, title, ha="center", va="top", fontsize=10)
+    if caption:
+        fig.text(0.5, size * 0.08 / height, caption, ha="center", va="bottom", fontsize=7, color="0.3")
+    return fig
