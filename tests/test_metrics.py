@@ -95,3 +95,11 @@ def test_layer_weights_select_and_weigh():
     assert layer_weights("last2", "equal", target).tolist() == [0, 0, 1, 1]
     assert layer_weights("def", "linear", target).tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25])
     assert float(layer_weights("def", "exp", target).sum()) == pytest.approx(1.0)
+
+
+def test_psnr_for_mean_is_the_one_failure_rule():
+    """A failed image (NaN, None) counts as 0 dB; +inf (a perfect match) stays +inf; summarize uses it."""
+    assert metrics.psnr_for_mean([10.0, math.nan, None, math.inf]).tolist() == [10.0, 0.0, 0.0, math.inf]
+    stats = metrics.summarize([12.0, math.nan, 6.0])
+    assert stats["mean"] == pytest.approx(6.0) and stats["failures"] == 1 and stats["min"] == 0.0
+    assert metrics.summarize([1.0, math.inf])["mean"] == math.inf
