@@ -1,0 +1,79 @@
+"""A cell's files between its start and ``images.pt``: what a preempted or edited cell finds there, and what it keeps.
+
+Each of a cell's :func:`budget_runs` has its own resumable state (``.attack_state_<run>.pt``, the engine's), its
+own result once finished (``.finished_<run>.json`` and ``.pt``) and its own ledger of seconds spent
+(``.seconds_<run>.json``); ``.cell.json`` names the spec they belong to. ``invgrad.replication.cells.run_cell``
+removes them all once ``images.pt`` is written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..io import save_json
+from .records import spec_digest
+
+MARKER = ".cell.json"  # the digest of the spec whose unfinished runs lie in the folder
+RUN_FILES = (".attack_state_*.pt", ".finished_*.json", ".finished_*.pt", ".seconds_*.json")
+
+
+def budget_runs(attack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The attack runs a cell makes, by name: ``attack`` itself, then each extra budget its record reports.
+
+    Each run has its own resumable state and, once finished, its own result file, so a kill during one run never
+    discards another. ``half_budget_run``: a decaying schedule anneals at its end, so the iterate at half the
+    budget is not what half the budget would give: the same attack (same seeds) at half the budget measures the
+    last doubling (``tables.convergence``)."""
+    runs = {"attack": attack}
+    if attack["lr_decay"] and attack["max_iterations"] >= 2:
+        runs["half_budget_run"] = {**attack, "max_iterations": attack["max_iterations"] // 2}
+    return runs
+
+
+def clear_runs(out_dir: Path) -> None:
+    """Remove every run file and the marker (the cell is done, or its runs belong to another spec)."""
+    for pattern in RUN_FILES:
+        for path in out_dir.glob(pattern):
+            path.unlink()
+    (out_dir / MARKER).unlink(missing_ok=True)
+
+
+def claim_folder(out_dir: Path, digest: str, cell: str, log) -> None:
+    """Set aside what a run of another spec left unfinished (its states would be refused, or resumed into this
+    attack), then mark the folder as this spec's."""
+    marker = out_dir / MARKER
+    mine = marker.exists() and json.loads(marker.read_text()).get("spec_sha256") == digest
+    leftovers = sorted(p.name for pattern in RUN_FILES for p in out_dir.glob(pattern))
+    if not mine and leftovers:
+        log(f"{cell}: removed the unfinished run of another spec ({', '.join(leftovers)}); starting over")
+        clear_runs(out_dir)
+    save_json({"spec_sha256": digest}, marker)
+
+
+def stale_targets(out_dir: Path, names: list[str], digest: str) -> list[str]:
+    """Targets whose record is missing, unreadable or made from another spec."""
+    stale = []
+    for name in names:
+        try:
+            record = json.loads((out_dir / f"{name}.json").read_text())
+            fresh = spec_digest(record["spec"]) == digest
+        except (OSError, ValueError, KeyError, TypeError):
+            fresh = False
+        if not fresh:
+            stale.append(name)
+    return stale
+
+
+def spent_before(out_dir: Path, run: str) -> float:
+    """Seconds earlier sessions of ``run`` spent up to the state they saved (what a resume continues from);
+    records this session's start for the next one."""
+    ledger, state = out_dir / f".seconds_{run}.json", out_dir / f".attack_state_{run}.pt"
+    spent = 0.0
+    if ledger.exists() and state.exists():
+        old = json.loads(ledger.read_text())
+        spent = old["spent"] + max(0.0, state.stat().st_mtime - old["started"])
+    save_json({"spent": spent, "started": time.time()}, ledger)
+    return spent
