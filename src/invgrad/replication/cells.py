@@ -453,17 +453,19 @@ def cell_record(spec, cell, name, indices, result: UserResult, victim_meta, devi
 
 
 def _save_images(out_dir: Path, names, tensors, only, num_images) -> None:
-    """``images.pt`` (merged into the previous one for a partial rerun) and, for one image per user, a preview."""
+    """``images.pt`` (merged into the previous one for a partial rerun) and, for one image per user, a preview of
+    every target it holds."""
     previous = {}
     if only and (out_dir / "images.pt").exists():
         old = load_tensors(out_dir / "images.pt")
         previous = old.get("targets", {}) if isinstance(old, dict) else {}
-    save_tensors({"status": "ok", "targets": {**previous, **tensors}}, out_dir / "images.pt")
+    merged = {**previous, **tensors}
+    save_tensors({"status": "ok", "targets": merged}, out_dir / "images.pt")
     rows = []
     for name in names:
-        if name in tensors:
-            rows += [to_uint8(tensors[name]["truth"]), to_uint8(tensors[name]["reconstruction"])]
+        if name in merged:
+            rows += [to_uint8(merged[name]["truth"]), to_uint8(merged[name]["reconstruction"])]
     if rows and num_images == 1:
         pairs = [[r[0] for r in rows[0::2]], [r[0] for r in rows[1::2]]]
-        size = next(iter(tensors.values()))["truth"].shape[-1]
+        size = next(iter(merged.values()))["truth"].shape[-1]
         save_png(image_grid(pairs, scale=max(1, 128 // size)), out_dir / "preview.png")

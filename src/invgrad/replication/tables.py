@@ -106,6 +106,10 @@ def _cell_entry(ran: pd.DataFrame, convergence_db: float) -> dict:
     return entry
 
 
+def _remedy(experiment: str, cell: str) -> str:
+    return f"rerun the cell: snakemake --forcerun results/{experiment}/{cell}/images.pt"
+
+
 def tables(
     records: Iterable[dict],
     experiment: str,
@@ -118,6 +122,8 @@ def tables(
     ``expected``: see :func:`foreign_records`. ``missing``: cell -> records its folder lacks (deleted by hand,
     say); such a cell reads "not run" until a run of the cell rewrites them."""
     images = pd.DataFrame([row for record in records for row in rows(record)])
+    if images.empty:  # every record of the experiment is missing
+        images = pd.DataFrame(columns=["cell", "target", "spec_sha256", "status"])
     mixed = foreign_records(images, expected)
     missing = {cell: n for cell, n in (missing or {}).items() if n}
     keys = ["cell", *[k for k in registry.get(experiment).group_keys if k in images.columns]]
@@ -127,9 +133,7 @@ def tables(
         ran = group[group.status != NOT_RUN]
         if entry["cell"] in missing:
             count = missing[entry["cell"]]
-            reason = (
-                f"missing records ({count}; a run of the cell, e.g. attack_cell.py --only, rewrites them)"
-            )
+            reason = f"missing records ({count}; {_remedy(experiment, entry['cell'])})"
             entry.update(status=NOT_RUN, reason=reason, n=len(group))
         elif entry["cell"] in mixed:
             other, total = mixed[entry["cell"]]
@@ -141,6 +145,6 @@ def tables(
             entry.update(_cell_entry(ran, convergence_db))
         table.append(entry)
     for cell in missing.keys() - set(images.get("cell", ())):  # every record of the cell is missing
-        reason = f"missing records ({missing[cell]}; a run of the cell rewrites them)"
+        reason = f"missing records ({missing[cell]}; {_remedy(experiment, cell)})"
         table.append({"cell": cell, "status": NOT_RUN, "reason": reason, "n": 0})
     return images, pd.DataFrame(table)
