@@ -121,3 +121,27 @@ def test_a_resumed_cell_adds_up_the_seconds_of_every_session(tmp_path, monkeypat
     monkeypatch.undo()
     resumed = cells.run_cell(_spec(), CELL, tmp_path, log=_quiet, save_every=2)
     assert sum(r["seconds"] for r in resumed) >= 2.0  # the resumed 6 iterations alone take a fraction of that
+
+
+def test_a_retrained_victim_under_the_same_spec_is_never_resumed_or_mixed(tmp_path, monkeypatch):
+    """Same spec, another checkpoint (its sha256 in the victim's meta): the old state and records are not used."""
+    load = cells.load_victim
+
+    def victim(sha):
+        monkeypatch.setattr(
+            cells, "load_victim", lambda spec: (load(spec)[0], {**load(spec)[1], "sha256": sha})
+        )
+
+    victim("a")
+    cells.run_cell(_spec(), CELL, tmp_path, log=_quiet)
+    victim("b")
+    rerun = cells.run_cell(_spec(), CELL, tmp_path, only=["0"], log=_quiet)
+    assert [(r["target"], r["victim"]["sha256"]) for r in rerun] == [("0", "b"), ("1", "b")]
+    _preempt(monkeypatch, "attack", after=2)
+    with pytest.raises(Preempted):
+        cells.run_cell(_spec(), CELL, tmp_path, log=_quiet, save_every=2)
+    monkeypatch.undo()
+    victim("c")
+    said = []
+    cells.run_cell(_spec(), CELL, tmp_path, log=said.append, save_every=2)
+    assert any("unfinished run of another spec or victim" in line for line in said)

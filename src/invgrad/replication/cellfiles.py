@@ -2,7 +2,7 @@
 
 Each of a cell's :func:`budget_runs` has its own resumable state (``.attack_state_<run>.pt``, the engine's), its
 own result once finished (``.finished_<run>.json`` and ``.pt``) and its own ledger of seconds spent
-(``.seconds_<run>.json``); ``.cell.json`` names the spec they belong to. ``invgrad.replication.cells.run_cell``
+(``.seconds_<run>.json``); ``.cell.json`` names the attack (spec and victim checkpoint) they belong to. ``invgrad.replication.cells.run_cell``
 removes them all once ``images.pt`` is written.
 """
 
@@ -16,7 +16,9 @@ from typing import Any
 from ..io import save_json
 from .records import spec_digest
 
-MARKER = ".cell.json"  # the digest of the spec whose unfinished runs lie in the folder
+MARKER = (
+    ".cell.json"  # the key (spec and victim checkpoint) of the attack whose unfinished runs lie in the folder
+)
 RUN_FILES = (".attack_state_*.pt", ".finished_*.json", ".finished_*.pt", ".seconds_*.json")
 
 
@@ -41,25 +43,28 @@ def clear_runs(out_dir: Path) -> None:
     (out_dir / MARKER).unlink(missing_ok=True)
 
 
-def claim_folder(out_dir: Path, digest: str, cell: str, log) -> None:
-    """Set aside what a run of another spec left unfinished (its states would be refused, or resumed into this
-    attack), then mark the folder as this spec's."""
+def claim_folder(out_dir: Path, key: str, cell: str, log) -> None:
+    """Set aside what a run of another spec or victim left unfinished (its states would be refused, or resumed
+    into this attack), then mark the folder as this attack's (``key``: digest of the spec and the checkpoint)."""
     marker = out_dir / MARKER
-    mine = marker.exists() and json.loads(marker.read_text()).get("spec_sha256") == digest
+    mine = marker.exists() and json.loads(marker.read_text()).get("key") == key
     leftovers = sorted(p.name for pattern in RUN_FILES for p in out_dir.glob(pattern))
     if not mine and leftovers:
-        log(f"{cell}: removed the unfinished run of another spec ({', '.join(leftovers)}); starting over")
+        log(
+            f"{cell}: removed the unfinished run of another spec or victim ({', '.join(leftovers)}); starting over"
+        )
         clear_runs(out_dir)
-    save_json({"spec_sha256": digest}, marker)
+    save_json({"key": key}, marker)
 
 
-def stale_targets(out_dir: Path, names: list[str], digest: str) -> list[str]:
-    """Targets whose record is missing, unreadable or made from another spec."""
+def stale_targets(out_dir: Path, names: list[str], digest: str, victim_sha: str | None) -> list[str]:
+    """Targets whose record is missing, unreadable, or made from another spec (``digest``) or checkpoint."""
     stale = []
     for name in names:
         try:
             record = json.loads((out_dir / f"{name}.json").read_text())
-            fresh = spec_digest(record["spec"]) == digest
+            victim = record.get("victim") or {}
+            fresh = spec_digest(record["spec"]) == digest and victim.get("sha256") == victim_sha
         except (OSError, ValueError, KeyError, TypeError):
             fresh = False
         if not fresh:

@@ -313,14 +313,12 @@ def _not_run_cell(spec, cell, out_dir, names, only, log, reason) -> list[dict[st
     return records
 
 
-def _budget_run(
-    out_dir: Path, run: str, digest: str, attack: dict, users: dict, **options
-) -> list[UserResult]:
+def _budget_run(out_dir: Path, run: str, key: str, attack: dict, users: dict, **options) -> list[UserResult]:
     """One of :func:`budget_runs`, resumed from its own state, or read back when an earlier session finished it."""
     finished = out_dir / f".finished_{run}.json"
     if finished.exists():
         saved = json.loads(finished.read_text())
-        if saved.get("spec_sha256") == digest:
+        if saved.get("key") == key:
             images = load_tensors(out_dir / f".finished_{run}.pt")
             pairs = zip(saved["records"], images["truths"], images["reconstructions"], strict=True)
             return [UserResult(*pair) for pair in pairs]
@@ -332,7 +330,7 @@ def _budget_run(
         result.record["seconds"] += spent / len(done)
     images = {"truths": [r.truth for r in done], "reconstructions": [r.reconstruction for r in done]}
     save_tensors(images, out_dir / f".finished_{run}.pt")
-    save_json({"spec_sha256": digest, "records": [r.record for r in done]}, finished)  # last: marks it done
+    save_json({"key": key, "records": [r.record for r in done]}, finished)  # last: marks it done
     (out_dir / f".seconds_{run}.json").unlink(missing_ok=True)
     return done
 
@@ -356,22 +354,23 @@ def run_cell(
 
     A preempted cell resumes each of its :func:`~invgrad.replication.cellfiles.budget_runs` where it stopped and
     adds up the seconds of every session (its state is saved every ``save_every`` iterations); a cell whose spec
-    changed sets aside the unfinished runs of the old one.
+    or victim checkpoint changed sets aside the unfinished runs of the old one.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = spec["selection"]["names"]
-    digest = spec_digest(spec)
+    device = checked_device(spec["device"])
+    model, victim_meta = load_victim(spec)
+    victim_sha = victim_meta.get("sha256")  # a retrained victim under the same spec is another attack too
     if only:
-        stale = stale_targets(out_dir, names, digest)
+        stale = stale_targets(out_dir, names, spec_digest(spec), victim_sha)
         write = [n for n in names if n in only or n in stale]
     else:
         write = list(names)
         for path in [*(out_dir / f"{n}.json" for n in names), out_dir / "preview.png", out_dir / "images.pt"]:
             path.unlink(missing_ok=True)
-    claim_folder(out_dir, digest, cell, log)
-    device = checked_device(spec["device"])
-    model, victim_meta = load_victim(spec)
+    key = spec_digest({"spec": spec, "victim_sha256": victim_sha})
+    claim_folder(out_dir, key, cell, log)
     if model is None:
         reason = victim_meta.get("reason", NOT_RUN)
         return _not_run_cell(spec, cell, out_dir, write, only, log, reason)
@@ -400,7 +399,7 @@ def run_cell(
     runs = {}
     for run, config in budget_runs(attack).items():
         snapshots = snapshot_iterations(config["max_iterations"]) if run == "attack" else ()
-        runs[run] = _budget_run(out_dir, run, digest, config, users, snapshots=snapshots, **common)
+        runs[run] = _budget_run(out_dir, run, key, config, users, snapshots=snapshots, **common)
         seconds = sum(r.record["seconds"] for r in runs[run])
         size = f"{len(names)} user(s) × {num_images} image(s)"
         log(f"{cell}: {run} ({config['max_iterations']} iterations) of {size} in {seconds:.1f} s")
