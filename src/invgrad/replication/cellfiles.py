@@ -1,24 +1,24 @@
-"""A cell's files between its start and ``images.pt``: what a preempted or edited cell finds there, and what it keeps.
+"""A cell's files: what a preempted or edited cell finds in its folder, what it keeps, and what it writes at the end.
 
 Each of a cell's :func:`budget_runs` has its own resumable state (``.attack_state_<run>.pt``, the engine's), its
 own result once finished (``.finished_<run>.json`` and ``.pt``) and its own ledger of seconds spent
-(``.seconds_<run>.json``); ``.cell.json`` names the attack (spec and victim checkpoint) they belong to. ``invgrad.replication.cells.run_cell``
-removes them all once ``images.pt`` is written.
+(``.seconds_<run>.json``); ``.cell.json`` names the attack (spec and victim checkpoint) they belong to.
+``invgrad.replication.cells.run_cell`` removes them all once ``images.pt`` is written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
-from ..io import save_json
+from ..io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
+from ..victim.training import NOT_RUN
 from .records import spec_digest
 
-MARKER = (
-    ".cell.json"  # the key (spec and victim checkpoint) of the attack whose unfinished runs lie in the folder
-)
+MARKER = ".cell.json"  # the key (spec and victim checkpoint) of the attack whose unfinished runs lie here
 RUN_FILES = (".attack_state_*.pt", ".finished_*.json", ".finished_*.pt", ".seconds_*.json")
 
 
@@ -82,3 +82,48 @@ def spent_before(out_dir: Path, run: str) -> float:
         spent = old["spent"] + max(0.0, state.stat().st_mtime - old["started"])
     save_json({"spent": spent, "started": time.time()}, ledger)
     return spent
+
+
+def not_run_record(spec: dict, cell: str, name: str, reason: str) -> dict[str, Any]:
+    return {
+        "experiment": spec["experiment"],
+        "cell": cell,
+        "target": name,
+        "status": NOT_RUN,
+        "reason": reason,
+        "model": spec["model"],
+        "weights": spec["weights"],
+        "psnr": math.nan,
+        "spec": spec,
+    }
+
+
+def not_run_cell(spec, cell, out_dir, names, only, log, reason) -> list[dict[str, Any]]:
+    """A cell that cannot run (no victim, no images): a "not run" record per target, and ``images.pt`` saying why."""
+    records = [not_run_record(spec, cell, name, reason) for name in names]
+    for record in records:
+        save_json(record, out_dir / f"{record['target']}.json")
+    if not only or not (out_dir / "images.pt").exists():
+        save_tensors({"status": NOT_RUN, "reason": reason, "targets": {}}, out_dir / "images.pt")
+    clear_runs(out_dir)
+    log(f"{cell}: {reason}")
+    return records
+
+
+def save_images(out_dir: Path, names, tensors, only, num_images) -> None:
+    """``images.pt`` (merged into the previous one for a partial rerun) and, for one image per user, a preview of
+    every target it holds."""
+    previous = {}
+    if only and (out_dir / "images.pt").exists():
+        old = load_tensors(out_dir / "images.pt")
+        previous = old.get("targets", {}) if isinstance(old, dict) else {}
+    merged = {**previous, **tensors}
+    save_tensors({"status": "ok", "targets": merged}, out_dir / "images.pt")
+    rows = []
+    for name in names:
+        if name in merged:
+            rows += [to_uint8(merged[name]["truth"]), to_uint8(merged[name]["reconstruction"])]
+    if rows and num_images == 1:
+        pairs = [[r[0] for r in rows[0::2]], [r[0] for r in rows[1::2]]]
+        size = next(iter(merged.values()))["truth"].shape[-1]
+        save_png(image_grid(pairs, scale=max(1, 128 // size)), out_dir / "preview.png")

@@ -32,13 +32,21 @@ from ..attack.engine import snapshot_iterations
 from ..attack.fedavg import FedAvgReconstructor
 from ..attack.reconstructor import GradientReconstructor
 from ..devices import checked_device
-from ..io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
+from ..io import load_tensors, save_json, save_tensors
 from ..user.defenses import Defense
 from ..user.fedavg import local_update
 from ..user.gradient import shared_gradient
 from ..victim.models import build_model
 from ..victim.training import NOT_RUN, load_checkpoint
-from .cellfiles import budget_runs, claim_folder, clear_runs, spent_before, stale_targets
+from .cellfiles import (
+    budget_runs,
+    claim_folder,
+    clear_runs,
+    not_run_cell,
+    save_images,
+    spent_before,
+    stale_targets,
+)
 from .plan import NO_VAL_FOLDER
 from .records import spec_digest
 
@@ -288,31 +296,6 @@ def _prepare(images: torch.Tensor, spec: dict, dm, ds) -> torch.Tensor:
     return (unit - dm) / ds
 
 
-def _not_run_record(spec: dict, cell: str, name: str, reason: str) -> dict[str, Any]:
-    return {
-        "experiment": spec["experiment"],
-        "cell": cell,
-        "target": name,
-        "status": NOT_RUN,
-        "reason": reason,
-        "model": spec["model"],
-        "weights": spec["weights"],
-        "psnr": math.nan,
-        "spec": spec,
-    }
-
-
-def _not_run_cell(spec, cell, out_dir, names, only, log, reason) -> list[dict[str, Any]]:
-    records = [_not_run_record(spec, cell, name, reason) for name in names]
-    for record in records:
-        save_json(record, out_dir / f"{record['target']}.json")
-    if not only or not (out_dir / "images.pt").exists():
-        save_tensors({"status": NOT_RUN, "reason": reason, "targets": {}}, out_dir / "images.pt")
-    clear_runs(out_dir)
-    log(f"{cell}: {reason}")
-    return records
-
-
 def _budget_run(out_dir: Path, run: str, key: str, attack: dict, users: dict, **options) -> list[UserResult]:
     """One of :func:`budget_runs`, resumed from its own state, or read back when an earlier session finished it."""
     finished = out_dir / f".finished_{run}.json"
@@ -373,12 +356,12 @@ def run_cell(
     claim_folder(out_dir, key, cell, log)
     if model is None:
         reason = victim_meta.get("reason", NOT_RUN)
-        return _not_run_cell(spec, cell, out_dir, write, only, log, reason)
+        return not_run_cell(spec, cell, out_dir, write, only, log, reason)
     model = model.to(device).eval()
     folder = data.image_folder_path(spec["val_source"])
     if folder is not None and not folder.is_dir():
         reason = NO_VAL_FOLDER.format(dataset=spec["dataset"], folder=folder)
-        return _not_run_cell(spec, cell, out_dir, write, only, log, reason)
+        return not_run_cell(spec, cell, out_dir, write, only, log, reason)
     dataset = data.load_dataset(
         spec["val_source"],
         split="val",
@@ -419,7 +402,7 @@ def run_cell(
         records.append(record)
         save_json(record, out_dir / f"{name}.json")
         tensors[name] = {"truth": result.truth, "reconstruction": result.reconstruction}
-    _save_images(out_dir, names, tensors, only, num_images)
+    save_images(out_dir, names, tensors, only, num_images)
     clear_runs(out_dir)
     return records
 
@@ -449,22 +432,3 @@ def cell_record(spec, cell, name, indices, result: UserResult, victim_meta, devi
         "torch": str(torch.__version__),
         "spec": spec,
     }
-
-
-def _save_images(out_dir: Path, names, tensors, only, num_images) -> None:
-    """``images.pt`` (merged into the previous one for a partial rerun) and, for one image per user, a preview of
-    every target it holds."""
-    previous = {}
-    if only and (out_dir / "images.pt").exists():
-        old = load_tensors(out_dir / "images.pt")
-        previous = old.get("targets", {}) if isinstance(old, dict) else {}
-    merged = {**previous, **tensors}
-    save_tensors({"status": "ok", "targets": merged}, out_dir / "images.pt")
-    rows = []
-    for name in names:
-        if name in merged:
-            rows += [to_uint8(merged[name]["truth"]), to_uint8(merged[name]["reconstruction"])]
-    if rows and num_images == 1:
-        pairs = [[r[0] for r in rows[0::2]], [r[0] for r in rows[1::2]]]
-        size = next(iter(merged.values()))["truth"].shape[-1]
-        save_png(image_grid(pairs, scale=max(1, 128 // size)), out_dir / "preview.png")
