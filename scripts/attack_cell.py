@@ -3,6 +3,7 @@
 From the workflow:   python scripts/attack_cell.py --spec '<json>' --cell NAME --out results/<exp>/<cell>
 By hand (one image): python scripts/attack_cell.py --config config/config.yaml --experiment table1 \
                          --cell LeNetZhu_untrained_ours --only 3
+A killed job resumes where it stopped when run again (invgrad.replication.cellfiles).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", help="experiment name (with --config)")
     p.add_argument("--cell", required=True, help="cell name, e.g. LeNetZhu_untrained_ours")
     p.add_argument("--out", help="output folder (default results/<experiment>/<cell>)")
-    p.add_argument("--only", nargs="+", help="recompute only these targets (image indices / user names)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        help="rewrite only these targets' records (image indices / user names), and any record that is missing or "
+        "of another spec. The whole batch is attacked again (same seeds and group shape, as long as the whole "
+        "cell), so each record reproduces the batched one bit for bit; one image attacked alone would give a "
+        "statistically equivalent result, not the same number",
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     spec = args.spec

@@ -176,3 +176,11 @@ def test_image_metrics_carry_lpips_per_image_when_the_weights_are_present(
     assert out["lpips_mean"] == pytest.approx(float(expected.mean()))
     small = metrics.image_metrics(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
     assert small["lpips"].startswith("n/a: LPIPS needs images of at least 32 px")
+
+
+def test_psnr_for_mean_is_the_one_failure_rule():
+    """A failed image (NaN, None) counts as 0 dB; +inf (a perfect match) stays +inf; summarize uses it."""
+    assert metrics.psnr_for_mean([10.0, math.nan, None, math.inf]).tolist() == [10.0, 0.0, 0.0, math.inf]
+    stats = metrics.summarize([12.0, math.nan, 6.0])
+    assert stats["mean"] == pytest.approx(6.0) and stats["failures"] == 1 and stats["min"] == 0.0
+    assert metrics.summarize([1.0, math.inf])["mean"] == math.inf

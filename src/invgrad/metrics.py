@@ -204,9 +204,16 @@ def _std(values: np.ndarray) -> float:
         return float(values.std())
 
 
+def psnr_for_mean(values) -> np.ndarray:
+    """The one failure rule of every PSNR mean: a failed image (NaN, or None for a missing value) counts as 0 dB;
+    ±inf (+inf: a perfect match) stays inf. As the paper's ``rec_mult.py`` does with ``np.nan_to_num(nan=0)``."""
+    array = np.asarray([math.nan if v is None else v for v in values], dtype=float)
+    return np.nan_to_num(array, nan=0.0, posinf=np.inf, neginf=-np.inf)
+
+
 def summarize(values: Sequence[float]) -> dict:
-    """Table statistics over experiments, aggregated as the paper's ``rec_mult.py`` does: failures (NaN) become 0
-    (``np.nan_to_num(nan=0)``; ±inf, e.g. PSNR of an exact match, stays inf), then mean, np.std (ddof=0), median,
+    """Table statistics over experiments, aggregated as the paper's ``rec_mult.py`` does: failures become 0 dB
+    (:func:`psnr_for_mean`; ±inf, e.g. PSNR of an exact match, stays inf), then mean, np.std (ddof=0), median,
     min and max over all n values.
 
     So a failed image pulls the mean down instead of vanishing from it, and ``failures`` (the NaN count) travels
@@ -214,7 +221,7 @@ def summarize(values: Sequence[float]) -> dict:
     """
     array = np.asarray(values, dtype=float)
     failed = np.isnan(array)
-    paper = np.nan_to_num(array, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    paper = psnr_for_mean(array)
     stats = {"n": int(array.size), "failures": int(failed.sum())}
     if not array.size:
         return {**stats, **dict.fromkeys(("mean", "mean_ok", "std", "median", "min", "max"), math.nan)}

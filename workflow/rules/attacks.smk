@@ -1,7 +1,9 @@
 # One job per cell of any attack experiment: all of a cell's users are attacked in one batched reconstruct_many call;
 # each image (user) still gets its own results/<experiment>/<cell>/<image>.json, written before images.pt, which
 # marks the cell done. {cell} names the setting (its experiment module says how, e.g. table1:
-# {model}_{weights}_{method}). The job verifies a trained victim's checkpoint (sha256) when it loads it.
+# {model}_{weights}_{method}). The job verifies a trained victim's checkpoint (sha256) when it loads it. A killed
+# job resumes each of its budget runs from its own hidden state files in the cell's folder (rerun-incomplete);
+# the spec's digest, stored there and in every record, keeps runs and records of another spec out.
 rule attack:
     input:
         victim_of,

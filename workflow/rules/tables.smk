@@ -1,6 +1,11 @@
+from invgrad.replication.records import spec_digest
+
+
 rule table:
     """Per-experiment tables from the per-image JSONs: table.csv (per cell) and images.csv (per image); the
-    experiment's module names its columns and the keys table.csv groups by."""
+    experiment's module names its columns and the keys table.csv groups by. Each cell's spec digest is a param:
+    a record of another spec leaves its cell "not run: mixed specs", and a changed spec reruns the table.
+    """
     input:
         lambda w: cell_images(w.experiment),
     output:
@@ -18,9 +23,14 @@ rule table:
         convergence=config["report"]["convergence_db"],
         modules=MODULES,
         records=lambda w: TARGETS[w.experiment],
+        # {cell: digest of the spec its attack job runs with}: what every record of the cell must come from
+        cell_specs=lambda w: json.dumps(
+            {c: spec_digest(s) for c, s in CELLS[w.experiment].items()}, sort_keys=True
+        ),
     shell:
         "python scripts/make_table.py --experiment {wildcards.experiment} --out {output.table} "
-        "--convergence-db {params.convergence} {params.modules} {params.records} > {log} 2>&1"
+        "--convergence-db {params.convergence} --cell-specs {params.cell_specs:q} {params.modules} "
+        "{params.records} > {log} 2>&1"
 
 
 rule compute_table:

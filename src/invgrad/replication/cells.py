@@ -6,7 +6,10 @@ so a number means the same thing in ``metrics.json`` and in ``results/<experimen
 
 Seeds: user ``first_user + j`` of a call draws its attack initialisation from ``attack_config["seed"] +
 first_user + j`` (the engine's rule) and its defense noise from ``seed + first_user + j``, so attacking users in
-one batch, in several, or one at a time changes no user's starting point or noise; the engine's batched and single evaluations differ only at float rounding.
+one batch, in several, or one at a time changes no user's starting point or noise. It does change the group shape
+the engine evaluates, hence the float rounding, which thousands of iterations grow into a different result (1.5 dB
+on one image at 1,600 iterations): a user attacked alone is statistically equivalent to the same user in a batch,
+not the same number. :func:`run_cell`'s ``only`` therefore reruns the whole batch, which reproduces it bit for bit.
 
 The attacker only ever receives the model, the shared update, the protocol's public parameters and (when granted)
 the labels; ground truth is used after the attack, for scoring.
@@ -14,6 +17,7 @@ the labels; ground truth is used after the attack, for scoring.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,13 +32,23 @@ from ..attack.engine import snapshot_iterations
 from ..attack.fedavg import FedAvgReconstructor
 from ..attack.reconstructor import GradientReconstructor
 from ..devices import checked_device
-from ..io import image_grid, load_tensors, save_json, save_png, save_tensors, to_uint8
+from ..io import load_tensors, save_json, save_tensors
 from ..user.defenses import Defense
 from ..user.fedavg import local_update
 from ..user.gradient import shared_gradient
 from ..victim.models import build_model
 from ..victim.training import NOT_RUN, load_checkpoint
+from .cellfiles import (
+    budget_runs,
+    claim_folder,
+    clear_runs,
+    not_run_cell,
+    save_images,
+    spent_before,
+    stale_targets,
+)
 from .plan import NO_VAL_FOLDER
+from .records import spec_digest
 
 
 @dataclass(frozen=True)
@@ -282,35 +296,26 @@ def _prepare(images: torch.Tensor, spec: dict, dm, ds) -> torch.Tensor:
     return (unit - dm) / ds
 
 
-def _not_run_record(spec: dict, cell: str, name: str, reason: str) -> dict[str, Any]:
-    return {
-        "experiment": spec["experiment"],
-        "cell": cell,
-        "target": name,
-        "status": NOT_RUN,
-        "reason": reason,
-        "model": spec["model"],
-        "weights": spec["weights"],
-        "psnr": math.nan,
-        "spec": spec,
-    }
-
-
-def _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason) -> list[dict[str, Any]]:
-    records = [_not_run_record(spec, cell, names[p], reason) for p in positions]
-    for record in records:
-        save_json(record, out_dir / f"{record['target']}.json")
-    if not only or not (out_dir / "images.pt").exists():
-        save_tensors({"status": NOT_RUN, "reason": reason, "targets": {}}, out_dir / "images.pt")
-    log(f"{cell}: {reason}")
-    return records
-
-
-def _contiguous_runs(positions: list[int]) -> list[list[int]]:
-    """One batched call for a contiguous block of users (the whole cell in the normal case), else one per user."""
-    if positions == list(range(positions[0], positions[0] + len(positions))):
-        return [positions]
-    return [[p] for p in positions]
+def _budget_run(out_dir: Path, run: str, key: str, attack: dict, users: dict, **options) -> list[UserResult]:
+    """One of :func:`budget_runs`, resumed from its own state, or read back when an earlier session finished it."""
+    finished = out_dir / f".finished_{run}.json"
+    if finished.exists():
+        saved = json.loads(finished.read_text())
+        if saved.get("key") == key:
+            images = load_tensors(out_dir / f".finished_{run}.pt")
+            pairs = zip(saved["records"], images["truths"], images["reconstructions"], strict=True)
+            return [UserResult(*pair) for pair in pairs]
+    spent = spent_before(out_dir, run)
+    done, _ = run_users(
+        attack_config=attack, state_path=out_dir / f".attack_state_{run}.pt", **users, **options
+    )
+    for result in done:
+        result.record["seconds"] += spent / len(done)
+    images = {"truths": [r.truth for r in done], "reconstructions": [r.reconstruction for r in done]}
+    save_tensors(images, out_dir / f".finished_{run}.pt")
+    save_json({"key": key, "records": [r.record for r in done]}, finished)  # last: marks it done
+    (out_dir / f".seconds_{run}.json").unlink(missing_ok=True)
+    return done
 
 
 def run_cell(
@@ -319,25 +324,44 @@ def run_cell(
     out_dir: str | Path,
     only: list[str] | None = None,
     log: Callable[[str], None] = print,
+    save_every: int = 500,
 ) -> list[dict[str, Any]]:
-    """Attack every user of one cell in one batched call; write ``<target>.json`` per user and ``images.pt``.
+    """Attack every user of one cell in one batched call; write ``<target>.json`` per user, then ``images.pt``.
 
-    ``only``: target names to (re)compute alone — each keeps the seeds it has in the full batch (attack and
-    defense noise), so a rerun of one image reproduces that image's result; ``images.pt`` is updated in place.
+    A full run first removes the cell's previous outputs (records, preview, ``images.pt``), so nothing stale
+    outlives a restart. ``only``: the targets to (re)write. The whole batch is attacked again (same users, seeds
+    and group shape), so each record is bit-identical to the full run's on the same machine (on CUDA, while the
+    free memory tiles the candidates alike); a user attacked in a batch of another size is only statistically
+    equivalent, as rounding differences grow over the iterations. Every other record that is missing or made
+    from another spec is rewritten too, so a cell's records come from one spec; ``images.pt`` is updated in place.
+
+    A preempted cell resumes each of its :func:`~invgrad.replication.cellfiles.budget_runs` where it stopped and
+    adds up the seconds of every session (its state is saved every ``save_every`` iterations); a cell whose spec
+    or victim checkpoint changed sets aside the unfinished runs of the old one.
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     names = spec["selection"]["names"]
-    positions = list(range(len(names))) if not only else [names.index(n) for n in only]
     device = checked_device(spec["device"])
     model, victim_meta = load_victim(spec)
+    victim_sha = victim_meta.get("sha256")  # a retrained victim under the same spec is another attack too
+    if only:
+        stale = stale_targets(out_dir, names, spec_digest(spec), victim_sha)
+        write = [n for n in names if n in only or n in stale]
+    else:
+        write = list(names)
+        for path in [*(out_dir / f"{n}.json" for n in names), out_dir / "preview.png", out_dir / "images.pt"]:
+            path.unlink(missing_ok=True)
+    key = spec_digest({"spec": spec, "victim_sha256": victim_sha})
+    claim_folder(out_dir, key, cell, log)
     if model is None:
         reason = victim_meta.get("reason", NOT_RUN)
-        return _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason)
+        return not_run_cell(spec, cell, out_dir, write, only, log, reason)
     model = model.to(device).eval()
     folder = data.image_folder_path(spec["val_source"])
     if folder is not None and not folder.is_dir():
         reason = NO_VAL_FOLDER.format(dataset=spec["dataset"], folder=folder)
-        return _not_run_cell(spec, cell, out_dir, names, positions, only, log, reason)
+        return not_run_cell(spec, cell, out_dir, write, only, log, reason)
     dataset = data.load_dataset(
         spec["val_source"],
         split="val",
@@ -346,59 +370,40 @@ def run_cell(
     )
     rows = _select(spec, dataset)
     dm, ds = (t.to(device) for t in _normalisation(model, spec))
-    truths, labels = {}, {}
-    for p in positions:
-        x, y = data.load_targets(dataset, rows[p])
-        truths[p], labels[p] = _prepare(x, spec, dm.cpu(), ds.cpu()).to(device), y.to(device)
+    truths, labels = [], []
+    for row in rows:
+        x, y = data.load_targets(dataset, row)
+        truths.append(_prepare(x, spec, dm.cpu(), ds.cpu()).to(device))
+        labels.append(y.to(device))
 
-    threat, attack = threat_of(spec), spec["attack"]
-    num_images = spec["selection"]["per_user"]
-    results, half_psnr = {}, {}
-    for group in _contiguous_runs(positions):
-        users = dict(
-            truths=[truths[p] for p in group],
-            labels=[labels[p] for p in group],
-            seed=spec["seed"],
-            first_user=group[0],
-        )
-        done, _ = run_users(
-            model,
-            (dm, ds),
-            threat=threat,
-            attack_config=attack,
-            state_path=out_dir / f".attack_state_{group[0]}.pt",  # a preempted job resumes from here
-            snapshots=snapshot_iterations(attack["max_iterations"]),
-            **users,
-        )
-        results.update(zip(group, done, strict=True))
-        log(
-            f"{cell}: attacked {len(group)} user(s) × {num_images} image(s) in {done[0].record['seconds'] * len(group):.1f} s"
-        )
-        if attack["lr_decay"] and attack["max_iterations"] >= 2:
-            # A decaying schedule anneals at its end, so the iterate at half the budget is not what half the
-            # budget would give: run the same attack (same seeds) at half the budget to measure the last doubling.
-            half_attack = {**attack, "max_iterations": attack["max_iterations"] // 2}
-            half, _ = run_users(
-                model,
-                (dm, ds),
-                threat=threat,
-                attack_config=half_attack,
-                state_path=out_dir / f".attack_state_half_{group[0]}.pt",
-                **users,
-            )
-            half_psnr.update((p, h.record["psnr_mean"]) for p, h in zip(group, half, strict=True))
-            log(f"{cell}: the same attack at half the budget for the convergence check")
+    attack, num_images = spec["attack"], spec["selection"]["per_user"]
+    users = dict(truths=truths, labels=labels, seed=spec["seed"], first_user=0)
+    common = dict(model=model, normalisation=(dm, ds), threat=threat_of(spec), save_every=save_every)
+    runs = {}
+    for run, config in budget_runs(attack).items():
+        snapshots = snapshot_iterations(config["max_iterations"]) if run == "attack" else ()
+        runs[run] = _budget_run(out_dir, run, key, config, users, snapshots=snapshots, **common)
+        seconds = sum(r.record["seconds"] for r in runs[run])
+        size = f"{len(names)} user(s) × {num_images} image(s)"
+        log(f"{cell}: {run} ({config['max_iterations']} iterations) of {size} in {seconds:.1f} s")
 
     records, tensors = [], {}
-    for p in positions:
-        result = results[p]
-        record = cell_record(spec, cell, names[p], rows[p], result, victim_meta, device)
-        if p in half_psnr:
-            record["half_budget_run"] = {"iterations": attack["max_iterations"] // 2, "psnr": half_psnr[p]}
+    for p, name in enumerate(names):
+        if name not in write:
+            continue
+        result = runs["attack"][p]
+        record = cell_record(spec, cell, name, rows[p], result, victim_meta, device)
+        for run, config in budget_runs(attack).items():
+            if run != "attack":
+                record[run] = {
+                    "iterations": config["max_iterations"],
+                    "psnr": runs[run][p].record["psnr_mean"],
+                }
         records.append(record)
-        save_json(record, out_dir / f"{names[p]}.json")
-        tensors[names[p]] = {"truth": result.truth, "reconstruction": result.reconstruction}
-    _save_images(out_dir, names, tensors, only, num_images)
+        save_json(record, out_dir / f"{name}.json")
+        tensors[name] = {"truth": result.truth, "reconstruction": result.reconstruction}
+    save_images(out_dir, names, tensors, only, num_images)
+    clear_runs(out_dir)
     return records
 
 
@@ -427,20 +432,3 @@ def cell_record(spec, cell, name, indices, result: UserResult, victim_meta, devi
         "torch": str(torch.__version__),
         "spec": spec,
     }
-
-
-def _save_images(out_dir: Path, names, tensors, only, num_images) -> None:
-    """``images.pt`` (merged into the previous one for a partial rerun) and, for one image per user, a preview."""
-    previous = {}
-    if only and (out_dir / "images.pt").exists():
-        old = load_tensors(out_dir / "images.pt")
-        previous = old.get("targets", {}) if isinstance(old, dict) else {}
-    save_tensors({"status": "ok", "targets": {**previous, **tensors}}, out_dir / "images.pt")
-    rows = []
-    for name in names:
-        if name in tensors:
-            rows += [to_uint8(tensors[name]["truth"]), to_uint8(tensors[name]["reconstruction"])]
-    if rows and num_images == 1:
-        pairs = [[r[0] for r in rows[0::2]], [r[0] for r in rows[1::2]]]
-        size = next(iter(tensors.values()))["truth"].shape[-1]
-        save_png(image_grid(pairs, scale=max(1, 128 // size)), out_dir / "preview.png")

@@ -11,42 +11,13 @@ from typing import Any
 
 from ...config import make_config
 from ..claimdefs import Claim
+from ..records import COLUMN_NAMES
 
 CACHE_DIR = "data/cache"
 VICTIM_DIR = "results/victims"
 THREAT_KEYS = ("preset", "user_loss_scale")  # per-method keys of a config block that are not attack settings
-# Columns every attack experiment's images.csv has (scripts/make_table.py), whatever the experiment.
-COMMON_COLUMNS = (
-    "experiment",
-    "cell",
-    "target",
-    "status",
-    "reason",
-    "model",
-    "weights",
-    "victim_accuracy",
-    "victim_floor",
-    "preset",
-    "user_loss_scale",
-    "indices",
-    "psnr",
-    "psnr_prior",
-    "psnr_per_image",
-    "psnr_prior_per_image",
-    "psnr_half_budget_run",
-    "snapshots",
-    "ssim",
-    "mse",
-    "fmse",
-    "rec_loss",
-    "seconds",
-    "victim_epochs",
-    "victim_training_images",
-    "iterations",
-    "restarts",
-    "tv",
-    "note",
-)
+# Columns every attack experiment's images.csv has, whatever the experiment (one definition: records.COLUMNS).
+COMMON_COLUMNS = COLUMN_NAMES
 SWEEP_COLUMNS = ("axis", "value")  # rows of a cell that belongs to several sweeps (spec["sweeps"])
 
 Cells = dict[str, dict[str, Any]]
@@ -124,7 +95,7 @@ def split_cache(dataset: str, split: str) -> str:
 
 
 def attack_config(preset: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    overrides = {k: v for k, v in overrides.items() if k not in ("restart_chunk", *THREAT_KEYS)}
+    overrides = {k: v for k, v in overrides.items() if k not in THREAT_KEYS}
     return make_config(preset, seed=seed, **overrides)
 
 
