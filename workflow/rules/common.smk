@@ -2,10 +2,11 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from invgrad.data import cache as decoded_cache
-from invgrad.data.catalog import image_folder_path
+from invgrad.data.catalog import NOT_RUN, image_folder_path
 from invgrad.replication import plan, registry
 
 # Caches stay inside the project (matplotlib, torch hub, papermill/jupyter).

@@ -16,7 +16,7 @@ rule figure:
     log:
         "logs/figures/{experiment}.log",
     benchmark:
-        "benchmarks/out/figures/{experiment}.tsv"
+        "results/benchmarks/figures/{experiment}.tsv"
     wildcard_constraints:
         experiment=one_of(NOTEBOOK_EXPERIMENTS),
     conda:
