@@ -41,6 +41,11 @@ NOTEBOOK_EXPERIMENTS = list(CELLS) + list(COMPUTE)
 MODULES = " ".join(f"--module {m}" for m in config.get("experiment_modules", []))
 
 
+def constant(value):
+    """A param that is ``value`` as written (a plain string param would have its braces read as wildcards)."""
+    return lambda wildcards: value
+
+
 def one_of(names):
     """A wildcard constraint matching exactly these names (none: matches nothing)."""
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
@@ -109,3 +114,13 @@ def cell_images(experiment):
     return [
         f"results/{experiment}/{cell}/images.pt" for cell in CELLS.get(experiment, {})
     ]
+
+
+# A split decoded as 'not run' is resolved again on the next run without deleting anything (rules/training.smk).
+RETRY_TOKEN = f"not run last time; resolved again by the run of {time.time_ns()}"
+
+
+def retry_param(wildcards):
+    split = Path(plan.split_cache(wildcards.dataset, wildcards.split))
+    status = (decoded_cache.read_status(split) or {}).get("status")
+    return RETRY_TOKEN if split.is_file() and status == NOT_RUN else "resolve once"

@@ -2,15 +2,6 @@
 # online now, or have supplied a folder or an archive (invgrad.data.cache). Nothing is deleted for that: the
 # decode job's `retry` param takes a value unique to this invocation while the split says 'not run', and a changed
 # param reruns the job (Snakemake's params trigger); a decoded split keeps a constant value and never reruns.
-RETRY_TOKEN = f"not run last time; resolved again by the run of {time.time_ns()}"
-
-
-def retry_param(wildcards):
-    split = Path(plan.split_cache(wildcards.dataset, wildcards.split))
-    status = (decoded_cache.read_status(split) or {}).get("status")
-    return RETRY_TOKEN if split.is_file() and status == NOT_RUN else "resolve once"
-
-
 onstart:
     for _split in decoded_cache.unavailable_splits(plan.CACHE_DIR):
         print(
