@@ -199,3 +199,39 @@ def test_html_report_without_a_report_says_make(tmp_path):
         done.returncode == 1
         and done.stderr.strip() == f"error: no {tmp_path}/REPORT.md yet: run `make` to write it"
     )
+
+
+def _notebooks_from_committed_data(tmp_path: Path, experiments: tuple[str, ...]) -> None:
+    """In a clone: the pipeline writes figures/data/<experiment> on config/test.yaml; results/ is then removed, and
+    every notebook of ``experiments`` must execute from the committed-data fallback alone."""
+    from test_workflow import snakemake
+
+    clone = _clone(tmp_path)
+    targets = [f"figures/data/{name}" for name in experiments]
+    run = snakemake(clone, "--cores", "2", *targets, "--configfile", "config/test.yaml", timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shutil.rmtree(clone / "results")
+    for name in experiments:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "jupyter"), "nbconvert", "--to", "notebook", "--execute"]
+            + ["--output-dir", str(tmp_path / "executed"), f"notebooks/{name}.ipynb"],
+            cwd=clone,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+        executed = (tmp_path / "executed" / f"{name}.ipynb").read_text()
+        assert f"reading figures/data/{name}" in executed, name
+
+
+def test_compute_notebooks_run_from_the_committed_data_in_a_clone(tmp_path):
+    _notebooks_from_committed_data(tmp_path, ("analytic", "labels"))
+
+
+@pytest.mark.workflow
+def test_every_notebook_runs_from_the_committed_data_in_a_clone(tmp_path):
+    from invgrad.replication import registry
+
+    _notebooks_from_committed_data(tmp_path, registry.BUILTIN)
