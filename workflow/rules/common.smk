@@ -123,4 +123,6 @@ RETRY_TOKEN = f"not run last time; resolved again by the run of {time.time_ns()}
 def retry_param(wildcards):
     split = Path(plan.split_cache(wildcards.dataset, wildcards.split))
     status = (decoded_cache.read_status(split) or {}).get("status")
-    return RETRY_TOKEN if split.is_file() and status == NOT_RUN else "resolve once"
+    # a dry run plans no retry
+    retry = split.is_file() and status == NOT_RUN and not workflow.dryrun
+    return RETRY_TOKEN if retry else "resolve once"

@@ -1,7 +1,8 @@
 # A split decoded as 'not run' (no local copy and no network then) is resolved again on every run: the user may be
 # online now, or have supplied a folder or an archive (invgrad.data.cache). Nothing is deleted for that: the
 # decode job's `retry` param takes a value unique to this invocation while the split says 'not run', and a changed
-# param reruns the job (Snakemake's params trigger); a decoded split keeps a constant value and never reruns.
+# param reruns the job (Snakemake's params trigger); a decoded split keeps a constant value and never reruns. A
+# dry run plans no retry (`snakemake -n` after a finished run says there is nothing to be done).
 onstart:
     for _split in decoded_cache.unavailable_splits(plan.CACHE_DIR):
         print(
