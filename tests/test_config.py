@@ -89,13 +89,16 @@ def test_schema_accepts_every_key_of_the_library_config():
 
 
 def test_schema_enums_are_the_library_choices():
-    from invgrad.config import _BOOLS, _CHOICES
+    from invgrad.config import _BOOLS, _CHOICES, INDEX_PATTERN
 
     keys = _attack_keys()
     for key, choices in _CHOICES.items():
         assert keys[key]["enum"] == list(choices), key
     for key in _BOOLS:
         assert keys[key]["type"] == "boolean", key
+    pattern = __import__("re").compile(keys["indices"]["pattern"])
+    for value in ("def", "top10", "first3", "last12", "topk-5", "top", "topk5", "batch", "def1", "first-2"):
+        assert bool(pattern.match(value)) == bool(INDEX_PATTERN.match(value)), value
 
 
 # A value other than preset "ours"'s for every key of the library's config.
