@@ -1,6 +1,6 @@
 """figures/claims.csv (every claim's verdict, decided by invgrad.replication.claims) and figures/REPORT.md rendered from it.
 
-python scripts/make_report.py --results results --benchmarks benchmarks/out --config-label config/config.yaml \
+python scripts/make_report.py --results results --benchmarks results/benchmarks --config-label config/config.yaml \
     --recovered-psnr 18 --claims figures/claims.csv --out figures/REPORT.md
 Verdicts come from paired tests on the same images (invgrad.replication.claims); "not run" / "not comparable" carry a reason.
 """
@@ -177,7 +177,7 @@ def runtimes(bench: Path) -> list[tuple[str, int, float]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", default="results")
-    p.add_argument("--benchmarks", default="benchmarks/out")
+    p.add_argument("--benchmarks", default="results/benchmarks")
     p.add_argument("--config-label", default="config/config.yaml")
     p.add_argument("--recovered-psnr", type=float, default=18.0)
     p.add_argument("--claims", default="figures/claims.csv", help="where the verdict table is written")

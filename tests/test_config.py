@@ -63,3 +63,117 @@ def test_unknown_preset():
 )
 def test_lr_milestones_match_the_paper(iterations, expected):
     assert lr_milestones(iterations) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The workflow schema's attack definition against the library's (workflow/schemas/config.schema.yaml)
+# ---------------------------------------------------------------------------------------------------------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+
+
+def _attack_keys() -> dict:
+    import yaml
+
+    return yaml.safe_load(SCHEMA.read_text())["$defs"]["attack_keys"]["properties"]
+
+
+def _test_config() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "config/test.yaml").read_text())
+
+
+def test_schema_accepts_every_key_of_the_library_config():
+    assert set(_attack_keys()) == set(DEFAULT_CONFIG)
+
+
+def test_schema_enums_are_the_library_choices():
+    from invgrad.config import _BOOLS, _CHOICES, INDEX_PATTERN
+
+    keys = _attack_keys()
+    for key, choices in _CHOICES.items():
+        assert keys[key]["enum"] == list(choices), key
+    for key in _BOOLS:
+        assert keys[key]["type"] == "boolean", key
+    pattern = __import__("re").compile(keys["indices"]["pattern"])
+    for value in ("def", "top10", "first3", "last12", "topk-5", "top", "topk5", "batch", "def1", "first-2"):
+        assert bool(pattern.match(value)) == bool(INDEX_PATTERN.match(value)), value
+
+
+# A value other than preset "ours"'s for every key of the library's config.
+NON_DEFAULT = dict(
+    signed=False,
+    boxed=False,
+    cost_fn="l1",
+    indices="top10",
+    weights="exp",
+    lr=0.3,
+    optim="sgd",
+    restarts=2,
+    max_iterations=3,
+    total_variation=0.5,
+    init="zeros",
+    filter="median",
+    lr_decay=False,
+    scoring_choice="tv",
+    seed=7,
+)
+
+
+@pytest.mark.parametrize("key", sorted(DEFAULT_CONFIG))
+def test_every_attack_key_can_be_set_from_a_config(key):
+    """A value the library accepts for each key passes the schema and reaches the cells' attack config."""
+    from invgrad.replication import plan, registry
+
+    value = NON_DEFAULT[key]  # a key the library gained without a value here fails
+    config = _test_config()
+    config["experiments"]["batch"]["attack"][key] = value
+    registry.validate_config(config, SCHEMA)
+    spec = next(iter(plan.plan(config)["batch"].values()))
+    assert spec["attack"][key] == value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("lr", 0, "less than or equal to the minimum of 0"),
+        ("lr", -0.1, "less than or equal to the minimum of 0"),
+        ("total_variation", -1e-4, "less than the minimum of 0"),
+        ("max_iterations", 0, "less than the minimum of 1"),
+        ("max_iterations", float("inf"), "is not of type 'integer'"),
+        ("cost_fn", "cosine", "is not one of"),
+        ("preset", "zhu", "'preset' was unexpected"),
+    ],
+)
+def test_schema_refuses_bad_attack_values(key, value, fragment):
+    from invgrad.replication import registry
+
+    config = _test_config()
+    config["experiments"]["batch"]["attack"][key] = value
+    with pytest.raises(registry.ConfigSchemaError, match=fragment):
+        registry.validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("key", ["lr", "total_variation", "user_loss_scale"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_numbers_are_refused_before_planning(key, value):
+    """JSON schema lets .inf and .nan through its bounds; plan.validate names them, one line each."""
+    from invgrad.replication import plan, registry
+
+    config = _test_config()
+    config["experiments"]["table1"]["methods"]["ours"][key] = value
+    registry.validate_config(config, SCHEMA)  # the schema alone cannot refuse them
+    with pytest.raises(
+        plan.PlanError, match=rf"experiments\.table1\.methods\.ours\.{key}: {value!r} is not a finite"
+    ):
+        plan.validate(config)
+
+
+def test_a_config_with_only_table1_plans_only_table1():
+    from invgrad.replication import plan, registry
+
+    config = _test_config()
+    config["experiments"] = {"table1": config["experiments"]["table1"]}
+    registry.validate_config(config, SCHEMA)
+    assert list(plan.validate(config)) == ["table1"] and plan.compute_specs(config) == {}

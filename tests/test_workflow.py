@@ -137,6 +137,50 @@ def test_unknown_model_fails_at_start(tmp_path):
     assert "unknown model 'NoSuchNet'" in result.stderr + result.stdout
 
 
+def test_a_figure_is_a_target_of_its_own_rule(project):
+    result = snakemake(project, "-n", "figures/table1_grid.png", "--configfile", "config/test.yaml")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert re.search(r"^figure_table1\s+1$", result.stdout, re.M), result.stdout
+    assert "figure_fedavg" not in result.stdout and "figures/table1_psnr.png" in result.stdout
+
+
+def test_benchmarks_go_under_results(project):
+    result = snakemake(project, "-n", "--configfile", "config/test.yaml")
+    assert "benchmark: results/benchmarks/table1/" in result.stdout and "benchmarks/out" not in result.stdout
+
+
+def test_a_config_without_a_block_runs_without_that_experiment(tmp_path):
+    import yaml
+
+    project = project_copy(tmp_path)
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    config["experiments"] = {"table1": config["experiments"]["table1"]}
+    (project / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(project, "-n")
+    assert result.returncode == 0, result.stderr + result.stdout
+    figure_jobs = set(re.findall(r"^(figure_\w+)\s+1$", result.stdout, re.M))
+    assert figure_jobs == {"figure_table1", "figure_data"}, result.stdout  # figure_data: table1's only
+    assert "results/fedavg" not in result.stdout and "figures/data/table1" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_split_without_data_is_resolved_again_and_nothing_is_deleted_at_parse(tmp_path):
+    """config/test.yaml has no CIFAR-10 training data: the decoded split says 'not run'; the next run decodes it
+    again, through the changed `retry` param; a dry run plans nothing and parsing leaves the file in place."""
+    project = project_copy(tmp_path)
+    split = "data/cache/CIFAR10-train.pt"
+    first = snakemake(project, "--cores", "1", split, "--configfile", "config/test.yaml", timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((project / "data/cache/CIFAR10-train.json").read_text())["status"] == "not run"
+    assert "Nothing to be done" in snakemake(project, "-n", split, "--configfile", "config/test.yaml").stdout
+    assert (project / split).is_file()  # a parse (the dry run's) deletes nothing
+    again = snakemake(project, "--cores", "1", split, "--configfile", "config/test.yaml", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"^decode_split\s+1$", again.stdout + again.stderr, re.M), again.stderr[-3000:]
+    assert "had no training data last time; resolving its source again" in again.stderr
+    assert (project / split).is_file() and (project / "data/cache/CIFAR10-train.json").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.workflow
 def test_whole_dag_on_test_config(project):

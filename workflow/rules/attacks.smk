@@ -12,7 +12,7 @@ rule attack:
     log:
         "logs/{experiment}/{cell}.log",
     benchmark:
-        "benchmarks/out/{experiment}/{cell}.tsv"
+        "results/benchmarks/{experiment}/{cell}.tsv"
     wildcard_constraints:
         experiment=one_of(CELLS),
         cell=one_of(sorted({c for cells in CELLS.values() for c in cells})),

@@ -2,10 +2,11 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from invgrad.data import cache as decoded_cache
-from invgrad.data.catalog import image_folder_path
+from invgrad.data.catalog import NOT_RUN, image_folder_path
 from invgrad.replication import plan, registry
 
 # Caches stay inside the project (matplotlib, torch hub, papermill/jupyter).
@@ -38,6 +39,11 @@ GPU = 1 if str(config["device"]).startswith("cuda") else 0
 NOTEBOOK_EXPERIMENTS = list(CELLS) + list(COMPUTE)
 # make_table.py and make_report.py register the same extra experiment modules as this parse
 MODULES = " ".join(f"--module {m}" for m in config.get("experiment_modules", []))
+
+
+def constant(value):
+    """A param that is ``value`` as written (a plain string param would have its braces read as wildcards)."""
+    return lambda wildcards: value
 
 
 def one_of(names):
@@ -108,3 +114,15 @@ def cell_images(experiment):
     return [
         f"results/{experiment}/{cell}/images.pt" for cell in CELLS.get(experiment, {})
     ]
+
+
+# A split decoded as 'not run' is resolved again on the next run without deleting anything (rules/training.smk).
+RETRY_TOKEN = f"not run last time; resolved again by the run of {time.time_ns()}"
+
+
+def retry_param(wildcards):
+    split = Path(plan.split_cache(wildcards.dataset, wildcards.split))
+    status = (decoded_cache.read_status(split) or {}).get("status")
+    # a dry run plans no retry
+    retry = split.is_file() and status == NOT_RUN and not workflow.dryrun
+    return RETRY_TOKEN if retry else "resolve once"

@@ -16,7 +16,7 @@ rule replication_report:
     log:
         "logs/report.log",
     benchmark:
-        "benchmarks/out/report.tsv"
+        "results/benchmarks/report.tsv"
     conda:
         ENV
     params:
@@ -24,6 +24,6 @@ rule replication_report:
         recovered=config["report"]["recovered_psnr"],
         modules=MODULES,
     shell:
-        "python scripts/make_report.py --results results --benchmarks benchmarks/out --config-label {params.label:q} "
+        "python scripts/make_report.py --results results --benchmarks results/benchmarks --config-label {params.label:q} "
         "--recovered-psnr {params.recovered} --claims {output.claims} --out {output.report} {params.modules} "
         "> {log} 2>&1"

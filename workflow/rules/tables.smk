@@ -14,7 +14,7 @@ rule table:
     log:
         "logs/tables/{experiment}.log",
     benchmark:
-        "benchmarks/out/tables/{experiment}.tsv"
+        "results/benchmarks/tables/{experiment}.tsv"
     wildcard_constraints:
         experiment=one_of(CELLS),
     conda:
@@ -42,7 +42,7 @@ rule compute_table:
     log:
         "logs/tables/{experiment}.log",
     benchmark:
-        "benchmarks/out/tables/{experiment}.tsv"
+        "results/benchmarks/tables/{experiment}.tsv"
     wildcard_constraints:
         experiment=one_of(COMPUTE),
     conda:

@@ -1,10 +1,14 @@
 # A split decoded as 'not run' (no local copy and no network then) is resolved again on every run: the user may be
-# online now, or have supplied a folder or an archive (invgrad.data.cache).
-for _split in decoded_cache.retry_unavailable(plan.CACHE_DIR, dry_run=workflow.dryrun):
-    print(
-        f"note: {_split} had no training data last time; resolving its source again",
-        file=sys.stderr,
-    )
+# online now, or have supplied a folder or an archive (invgrad.data.cache). Nothing is deleted for that: the
+# decode job's `retry` param takes a value unique to this invocation while the split says 'not run', and a changed
+# param reruns the job (Snakemake's params trigger); a decoded split keeps a constant value and never reruns. A
+# dry run plans no retry (`snakemake -n` after a finished run says there is nothing to be done).
+onstart:
+    for _split in decoded_cache.unavailable_splits(plan.CACHE_DIR):
+        print(
+            f"note: {_split} had no training data last time; resolving its source again",
+            file=sys.stderr,
+        )
 
 
 rule extract_training_data:
@@ -16,7 +20,7 @@ rule extract_training_data:
     log:
         "logs/data/extract_{dataset}.log",
     benchmark:
-        "benchmarks/out/data/extract_{dataset}.tsv"
+        "results/benchmarks/data/extract_{dataset}.tsv"
     priority: 100  # the first step of the DAG's longest path (data -> victim -> trained cells)
     conda:
         ENV
@@ -40,13 +44,14 @@ rule decode_split:
     log:
         "logs/data/decode_{dataset}_{split}.log",
     benchmark:
-        "benchmarks/out/data/decode_{dataset}_{split}.tsv"
+        "results/benchmarks/data/decode_{dataset}_{split}.tsv"
     wildcard_constraints:
         split="train|test",
     priority: 100  # the victims wait on it: the longest path of the DAG starts here
     conda:
         ENV
     params:
+        retry=retry_param,
         spec=lambda w: json.dumps(
             {
                 "dataset": w.dataset,
@@ -97,7 +102,7 @@ rule train_victim:
     log:
         "logs/train/{dataset}_{model}_e{epochs}.log",
     benchmark:
-        "benchmarks/out/train/{dataset}_{model}_e{epochs}.tsv"
+        "results/benchmarks/train/{dataset}_{model}_e{epochs}.tsv"
     priority: 90  # the trained cells wait on it
     conda:
         ENV

@@ -1,4 +1,5 @@
-"""What the analysis notebooks share: their first cell (:func:`setup`) and their plotting helpers.
+"""What the analysis notebooks share: their first cell (:func:`results_or_committed`, :func:`setup`), their
+plotting helpers, and the figure source data committed with the figures (:func:`export_figure_data`).
 
 Cheap by design: tables and ``images.pt`` only, never an attack. No matplotlib backend is chosen here: run by a
 person, Jupyter's inline backend shows every figure; run by papermill (the workflow) or nbconvert, the kernel is the
@@ -8,6 +9,8 @@ same, and :func:`save_figure` writes the PNG and PDF files either way (``Figure.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,75 @@ import torch
 
 from .. import io
 from ..victim.training import NOT_RUN
+
+COMMITTED = Path("figures/data")  # each experiment's figure source data, committed with the figures
+KEPT_TARGETS = 8  # images per cell kept in the committed copy, besides the best, median and worst by PSNR
+TABLES = ("table.csv", "images.csv", "trials.csv")
+
+
+class NoResults(FileNotFoundError):
+    """Neither a run's results nor a committed copy: shown by IPython as its one line, no traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+def results_or_committed(results_dir: str | Path, committed: str | Path = COMMITTED) -> Path:
+    """``results/<experiment>`` when a run wrote its table, else the committed ``figures/data/<experiment>`` (the
+    run the committed figures come from), so every notebook runs in a fresh clone. Prints which one it reads."""
+    results_dir = Path(results_dir)
+    _to_project_root(results_dir)
+    fallback = Path(committed) / results_dir.name
+    for folder in (results_dir, fallback):
+        if (folder / "table.csv").is_file():
+            print("reading", folder)
+            return folder
+    raise NoResults(
+        f"no results yet: run `make` (or `snakemake --cores all {results_dir}/table.csv`) to write "
+        f"{results_dir}/; a clone's committed copy {fallback}/ is missing too"
+    )
+
+
+def _to_project_root(results_dir: Path) -> None:
+    """Jupyter and nbconvert start the kernel in notebooks/; the parameters are relative to the project root (where
+    papermill runs them): move there, so results/, figures/data/ and figures/ mean the same in every way of running."""
+    if results_dir.is_absolute() or Path("workflow/Snakefile").is_file():
+        return
+    root = next((p for p in Path.cwd().parents if (p / "workflow/Snakefile").is_file()), None)
+    if root is not None:
+        os.chdir(root)
+        print("working directory:", root)
+
+
+def export_figure_data(results_dir: str | Path, out_dir: str | Path, keep: int = KEPT_TARGETS) -> Path:
+    """Copy what an experiment's notebook reads into ``out_dir``: its tables, and per cell ``images.pt`` reduced to
+    a few images (the best, median and worst by PSNR and the first ``keep``) with their per-image JSONs."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in TABLES:
+        if (results_dir / name).is_file():
+            shutil.copy2(results_dir / name, out_dir / name)
+    images_csv = _read_csv(results_dir / "images.csv")
+    for cell, store in load_cell_images(results_dir).items():
+        targets = store.get("targets", {})
+        wanted = list(targets)[:keep]
+        if images_csv is not None and "psnr" in images_csv.columns:
+            wanted += [
+                t for _, t, _ in best_median_worst(images_csv, cell) if t in targets and t not in wanted
+            ]
+        (out_dir / cell).mkdir(exist_ok=True)
+        io.save_tensors({**store, "targets": {t: targets[t] for t in wanted}}, out_dir / cell / "images.pt")
+        for target in wanted:
+            record = results_dir / cell / f"{target}.json"
+            if record.is_file():
+                shutil.copy2(record, out_dir / cell / record.name)
+    return out_dir
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def setup(results_dir: str | Path, config_label: str):

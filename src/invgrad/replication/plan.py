@@ -6,8 +6,8 @@ cell means the same thing to the DAG, to a rerun and to the notebooks.
 * :func:`plan` — ``{experiment: {cell: spec}}``; a spec is a JSON-able dict holding everything the cell's job needs
   (model, weights, victim checkpoint, threat model, attack config, which images, seeds). Each experiment's module
   (:mod:`invgrad.replication.registry`) says how its config block expands.
-* :func:`check` / :func:`validate` — semantic checks the JSON schema cannot express (unknown model, missing data
-  folder, an image count the data set cannot supply, a claim over a column no cell produces); one
+* :func:`check` / :func:`validate` — semantic checks the JSON schema cannot express (a non-finite number, unknown
+  model, missing data folder, an image count the data set cannot supply, a claim over a column no cell produces); one
   :class:`PlanError` listing every problem, raised before anything runs.
 * :func:`victims` — the trained checkpoints the cells need, ``{path: training spec}``.
 * :func:`targets` — per experiment, the per-image JSONs its cells write.
@@ -15,6 +15,7 @@ cell means the same thing to the DAG, to a rerun and to the notebooks.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..data.catalog import image_folder_path
@@ -32,6 +33,7 @@ __all__ = [
     "attacked_images",
     "check",
     "compute_specs",
+    "non_finite",
     "plan",
     "split_cache",
     "targets",
@@ -250,9 +252,23 @@ def _data_problems(config: dict, cells: dict) -> list[str]:
     return problems
 
 
+def non_finite(value: Any, where: str = "") -> list[str]:
+    """Every ``.inf``/``.nan`` in the config, by its dotted path: JSON schema's bounds let both through
+    (``.inf > 0`` holds, every comparison with ``.nan`` is false), and no setting of this workflow may be one."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in non_finite(v, f"{where}[{i}]")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where}: {value!r} is not a finite number"]
+    return []
+
+
 def check(config: dict) -> list[str]:
     """Problems the schema cannot see, as messages (empty list = fine)."""
     load_experiment_modules(config)
+    if infinite := non_finite(config):
+        return infinite  # before planning: the attack configs would be built from them
     problems = list(registry.claim_problems())
     try:
         cells = plan(config) if not problems else {}

@@ -146,16 +146,13 @@ def claim_problems() -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 def config_schema(base: dict[str, Any]) -> dict[str, Any]:
     """The workflow's schema: ``base`` (workflow/schemas/config.schema.yaml) with every registered experiment's
-    block added under ``experiments`` (all required: the three configs name every experiment)."""
+    block added under ``experiments``. Every block is optional: a config without ``experiments.<name>`` runs
+    without that experiment (as ``enabled: false`` does); a block that is there must be complete."""
     schema = copy.deepcopy(base)
     block = schema["properties"]["experiments"]
     block.setdefault("properties", {})
     for experiment in _REGISTRY.values():
         block["properties"][experiment.name] = copy.deepcopy(experiment.schema)
-    block["required"] = [
-        *block.get("required", []),
-        *(n for n in _REGISTRY if n not in block.get("required", [])),
-    ]
     return schema
 
 

@@ -95,8 +95,10 @@ def split_cache(dataset: str, split: str) -> str:
 
 
 def attack_config(preset: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The cell's attack config: ``preset`` with the block's settings over it; the block may set its own ``seed``."""
     overrides = {k: v for k, v in overrides.items() if k not in THREAT_KEYS}
-    return make_config(preset, seed=seed, **overrides)
+    overrides.setdefault("seed", seed)
+    return make_config(preset, **overrides)
 
 
 def selection(start: int, users: int, per_user: int, rule: str) -> dict[str, Any]:
