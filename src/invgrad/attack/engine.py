@@ -174,7 +174,9 @@ class Engine:
         ``memory_limit``: bytes a group of candidates may use (default: the free memory of a CUDA device, no limit
         on CPU). Restarts × experiments are cut into groups that fit (per-candidate need measured by
         :func:`evaluation_bytes`, plus the optimizer's state); a group that still runs out of memory is split in
-        half and redone. Groups change a result only at float rounding (different batch shapes), never otherwise.
+        half and redone. Groups of another shape take other kernels and round differently, and thousands of
+        iterations grow that into another number: the same group shape reproduces a result bit for bit, another
+        shape gives a statistically equivalent one.
         """
         cfg = self.cfg
         retain_freed_memory()  # no page faults on the tensors each iteration frees and re-allocates

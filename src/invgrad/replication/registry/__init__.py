@@ -1,8 +1,8 @@
 """The experiment registry: every experiment is one module that declares an :class:`Experiment` as ``EXPERIMENT``.
 
 Everything else is derived from the registered experiments: the config schema of ``experiments.<name>``
-(:func:`config_schema`), the plan (:mod:`invgrad.replication.plan`), the table axes (``scripts/make_table.py``), the
-figures and their one wildcard rule per stage (``workflow/rules``) and the claims (:func:`all_claims`).
+(:func:`config_schema`), the plan (:mod:`invgrad.replication.plan`), the table axes (:mod:`invgrad.replication.tables`),
+the figures (one rule per experiment) and the other stages' wildcard rules (``workflow/rules``) and the claims (:func:`all_claims`).
 The built-in experiments are the modules named in :data:`BUILTIN`; a config may load more with
 ``experiment_modules: [package.module, ...]`` (importable modules, each with an ``EXPERIMENT``). See
 docs/EXTENDING.md. Torch-free: the workflow imports this at parse time.
