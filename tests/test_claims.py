@@ -109,7 +109,10 @@ def test_paired_supported_contradicted_inconclusive():
     assert row["p_value"] == pytest.approx(stats.wilcoxon(ours.psnr - zhu.psnr, alternative="greater").pvalue)
     assert row["p_holm"] == pytest.approx(row["p_value"])  # one row: Holm changes nothing
     below = int((zhu.psnr < 18).sum())
-    assert row["ours"] == f"{ours.psnr.mean():.2f} vs {zhu.psnr.mean():.2f} dB; DLG (L_u_zhu) {below}/20 below 18 dB"
+    assert (
+        row["ours"]
+        == f"{ours.psnr.mean():.2f} vs {zhu.psnr.mean():.2f} dB; DLG (L_u_zhu) {below}/20 below 18 dB"
+    )
     assert row["seeds"] == 1 and row["method"].startswith("Wilcoxon signed-rank per image")
 
     worse = images("L_u_ours", base - 4 + noise(1, 20))
@@ -516,3 +519,132 @@ def test_each_verdict_names_the_training_data_of_its_victims():
         images("L_u_zhu", base, method="zhu", victim_source="untrained"),
     )
     assert one(tables(*untrained))["victim_source"] == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: stated rows, never a crash, never a verdict
+
+
+def _seeded(cell, psnr_by_seed, **kwargs):
+    """One cell with a victim_seed column: one block of images per seed, the same targets in each."""
+    return pd.concat(
+        [images(cell, values, victim_seed=seed, **kwargs) for seed, values in psnr_by_seed.items()],
+        ignore_index=True,
+    )
+
+
+def test_a_cell_at_several_budgets_and_same_method_cells_at_different_budgets():
+    ours, zhu = _pair()
+    ours.loc[:5, "iterations"] = 2400
+    row = one(tables(ours, zhu))
+    assert row["verdict"] == "not comparable"
+    assert row["reason"] == "not comparable: L_u_ours ran at several budgets (2,400, 4,800 iterations)"
+    claim3 = next(c for c in C.registered_claims() if c.id == "3")  # judged at the config's budget
+    base = 15 + noise(30, 12)
+    untrained = images("L_u_ours", base + 4, iterations=2400)
+    trained = images("L_t_ours", base, weights="trained")
+    row = one(tables(untrained, trained), claim3)
+    assert row["verdict"] == "not comparable" and "cells of one method ran different budgets" in row["reason"]
+    assert "L_u_ours 2,400 vs L_t_ours 4,800" in row["reason"] and row["statistic"] == pytest.approx(4.0)
+    trained["iterations"] = 2400
+    assert one(tables(untrained, trained), claim3)["verdict"] == "supported"
+
+
+def test_fewer_seeds_than_the_config_asks_is_a_stated_row():
+    ours, zhu = _pair()
+    row = one(tables(ours, zhu), seeds=3)
+    assert row["verdict"] == "not comparable" and row["verdict_2x"] == "not comparable"
+    assert row["reason"] == "not comparable: 1 of 3 victim seed(s) the config asks for remain"
+    assert row["seeds"] == 1 and row["statistic"] > 0  # the evidence shown, not judged
+    with pytest.raises(ValueError, match="victim seeds per cell must be an integer ≥ 1, got 0"):
+        C.decide({}, seeds=0)
+
+
+def test_a_victim_seed_below_its_floor_is_left_out_and_the_row_counts_what_remains():
+    base = {s: 12 + noise(40 + s, 12, 2) for s in range(4)}
+    ours = _seeded(
+        "L_t_ours", {s: v + 4 + noise(50 + s, 12, 0.5) for s, v in base.items()}, weights="trained"
+    )
+    zhu = _seeded("L_t_zhu", base, method="zhu", weights="trained")
+    ours.loc[ours.victim_seed == 2, "victim_accuracy"] = 0.3
+    row = one(tables(ours, zhu), seeds=3)
+    assert row["verdict"] == "supported" and row["seeds"] == 3 and row["n"] == 36
+    assert row["reason"].startswith(
+        "victim seed 2 of L_t_ours at 30.0% < floor 50%: its images left out, 3 seed(s) remain; "
+    )
+    assert row["method"].startswith("t-test on 3 per-seed mean differences")
+    row = one(tables(ours, zhu), seeds=4)
+    assert row["verdict"] == "not comparable" and row["reason"].startswith(
+        "not comparable: 3 of 4 victim seed(s) the config asks for remain (victim seed 2 of L_t_ours"
+    )
+
+
+def test_missing_2x_run_stable_and_budget_sensitive():
+    ours, zhu = _pair()
+    row = one(tables(ours, zhu))
+    assert row["verdict_2x"] == C.NO_2X == "not run: no 2x run"
+    assert row["robustness"] == "not measured: no 2x run" and np.isnan(row["statistic_2x"])
+    ours["psnr_2x"], zhu["psnr_2x"] = ours.psnr + 1, zhu.psnr
+    row = one(tables(ours, zhu))
+    assert row["verdict_2x"] == "supported" and row["robustness"] == "stable at 2x"
+    assert row["statistic_2x"] == pytest.approx(6.0)
+    zhu["psnr_2x"] = zhu.psnr + 10  # DLG overtakes at twice its budget
+    row = one(tables(ours, zhu))
+    assert row["verdict"] == "supported" and row["verdict_2x"] == "contradicted"
+    assert row["robustness"] == "budget-sensitive (contradicted at 2x)"
+
+
+def test_holm_corrects_across_the_reports_rows():
+    weak_base = 12 + noise(60, 10, 2)
+    weak = C.Claim(**{**PAIR.__dict__, "id": "w", "per": ()})
+    cells = (
+        images("L_u_ours", weak_base + 1 + noise(61, 10, 0.3)),
+        images("L_u_zhu", weak_base, method="zhu"),
+    )
+    alone = one(tables(*cells), weak)
+    assert alone["verdict"] == "supported" and alone["p_value"] < 0.05  # 10/10 positive: p = 1/1024
+    both = C.decide(tables(*cells), claims=(weak,) * 60)
+    assert both.p_holm.iloc[0] == pytest.approx(min(1.0, 60 * alone["p_value"]))
+    assert (both.verdict == "inconclusive").all() and (both.p_value == alone["p_value"]).all()
+
+
+def test_bimodal_dlg_mean_and_majority_disagree_in_words():
+    ours = images("L_u_ours", [20.0] * 20)
+    zhu = images("L_u_zhu", [60.0] * 8 + [5.0] * 12, method="zhu")
+    row = one(tables(ours, zhu))
+    assert row["statistic"] == pytest.approx(-7.0) and row["win_rate"] == pytest.approx(0.6)
+    assert row["sign_p"] == pytest.approx(stats.binomtest(12, 20).pvalue)
+    assert (
+        row["note"]
+        == "the mean favours L_u_zhu by 7.00 dB, but L_u_ours wins 12 of 20 images (sign test p=0.5)"
+    )
+    assert row["recovery"] == "L_u_ours 20/20, L_u_zhu 8/20 ≥ 18 dB"
+    assert row["mcnemar_p"] == pytest.approx(2 / 2**12)
+    assert row["ours"].endswith("; DLG (L_u_zhu) 12/20 below 18 dB")
+
+
+def test_a_perfect_match_stays_inf_and_does_not_become_1e308():
+    base = 12 + noise(70, 12, 2)
+    perfect = base + 3
+    perfect[0] = np.inf
+    row = one(tables(images("L_u_ours", perfect), images("L_u_zhu", base, method="zhu")))
+    assert np.isfinite(row["statistic"]) and row["statistic"] < 20 and "e+308" not in row["ours"]
+    assert row["win_rate"] == 1.0 and row["verdict"] == "supported"
+
+
+def test_claims_come_from_the_registry_at_call_time(monkeypatch):
+    from invgrad.replication import registry
+
+    monkeypatch.setattr(registry, "all_claims", lambda: (PAIR,))
+    out = C.decide({})
+    assert list(out.claim) == ["t"] and out.verdict[0] == "not run"
+
+
+def test_gates_are_typed_values():
+    assert (
+        C.GateKind.DIFFERENT_BUDGET.verdict == "not comparable" and C.GateKind.DIFFERENT_BUDGET.shows_evidence
+    )
+    gate = C.Gate(C.GateKind.NOT_RUN, "cell x not in this config")
+    assert gate.verdict == "not run" and gate.reason == "not run: cell x not in this config"
+    assert not C.GateKind.DIFFERENT_IMAGES.shows_evidence
+    assert len(set(C.GateKind)) == len(C.GateKind.__members__)  # no kind is an alias of another

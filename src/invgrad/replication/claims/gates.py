@@ -19,19 +19,21 @@ PRESET_OF_METHOD = {"ours": "ours", "zhu": "zhu", "zhu_halfce": "zhu"}
 
 
 class GateKind(enum.Enum):
-    """Why a row has no verdict; ``shows_evidence``: the images were attacked alike, so the statistic is shown."""
+    """Why a row has no verdict: (tag, verdict, shows_evidence); ``shows_evidence``: the images were attacked
+    alike, so the statistic is shown (never judged). The tag keeps every kind distinct (no enum aliases)."""
 
-    NOT_RUN = ("not run", False)
-    SAME_CELL = ("not run", False)
-    NO_DATA = ("not run", False)
-    DIFFERENT_IMAGES = ("not comparable", False)
-    NO_SEEDS_LEFT = ("not comparable", False)
-    FEW_SEEDS = ("not comparable", True)
-    DIFFERENT_BUDGET = ("not comparable", True)
-    FEW_PAIRS = ("not comparable", False)
-    MISMATCHED_TABLE = ("not comparable", False)
+    NOT_RUN = ("not_run", "not run", False)
+    SAME_CELL = ("same_cell", "not run", False)
+    NO_DATA = ("no_data", "not run", False)
+    DIFFERENT_IMAGES = ("different_images", "not comparable", False)
+    NO_SEEDS_LEFT = ("no_seeds_left", "not comparable", False)
+    FEW_SEEDS = ("few_seeds", "not comparable", True)
+    DIFFERENT_BUDGET = ("different_budget", "not comparable", True)
+    FEW_PAIRS = ("few_pairs", "not comparable", False)
+    MISMATCHED_TABLE = ("mismatched_table", "not comparable", False)
 
-    def __init__(self, verdict: str, shows_evidence: bool):
+    def __init__(self, tag: str, verdict: str, shows_evidence: bool):
+        self.tag = tag
         self.verdict = verdict
         self.shows_evidence = shows_evidence
 
