@@ -55,6 +55,7 @@ DEFAULT_MARGIN = {  # the margin row a comparison reads when its claim names non
     "fails_to_beat_prior": "beats_prior",
     "batch_leaks": "beats_prior",
     "matches_paper": "paper_match",
+    "within_tolerance": "exact_float32",  # per dtype when decided: float64 rows read exact_float64
 }
 ATTACKABLE_DB = MARGINS["beats_prior"].value
 
