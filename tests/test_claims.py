@@ -1,4 +1,5 @@
-"""invgrad.replication.claims: every verdict, every not-comparable gate, NaN handling, missing cells; make_report on a tiny tree."""
+"""invgrad.replication.claims: every verdict, every not-comparable gate, the bad-input rows (budgets, seeds, floors,
+2x runs), NaN/inf handling, missing cells; make_report on a tiny tree."""
 
 from __future__ import annotations
 
@@ -105,8 +106,14 @@ def test_paired_supported_contradicted_inconclusive():
         and row["ci_low"] > 0
         and row["statistic"] == pytest.approx((ours.psnr - zhu.psnr).mean())
     )
-    assert row["p_value"] == pytest.approx(stats.wilcoxon(ours.psnr - zhu.psnr).pvalue)
-    assert row["ours"] == f"{ours.psnr.mean():.2f} vs {zhu.psnr.mean():.2f} dB"
+    assert row["p_value"] == pytest.approx(stats.wilcoxon(ours.psnr - zhu.psnr, alternative="greater").pvalue)
+    assert row["p_holm"] == pytest.approx(row["p_value"])  # one row: Holm changes nothing
+    below = int((zhu.psnr < 18).sum())
+    assert (
+        row["ours"]
+        == f"{ours.psnr.mean():.2f} vs {zhu.psnr.mean():.2f} dB; DLG (L_u_zhu) {below}/20 below 18 dB"
+    )
+    assert row["seeds"] == 1 and row["method"].startswith("Wilcoxon signed-rank per image")
 
     worse = images("L_u_ours", base - 4 + noise(1, 20))
     row = one(tables(worse, zhu))
@@ -156,14 +163,15 @@ def test_nan_psnr_counts_as_zero_and_failures_are_counted():
     expected = np.nan_to_num(with_nan) - base
     assert row["failures"] == 2 and row["n"] == 12
     assert row["statistic"] == pytest.approx(expected.mean())
-    assert row["p_value"] == pytest.approx(stats.wilcoxon(expected).pvalue)
+    assert row["p_value"] == pytest.approx(stats.wilcoxon(expected, alternative="greater").pvalue)
 
 
 def test_paired_test_is_deterministic_and_brackets_the_mean():
     diff = noise(8, 25) + 1
     a, b = C.paired_test(diff), C.paired_test(diff)
     assert a == b and a["ci_low"] < diff.mean() < a["ci_high"]
-    assert C.paired_test(np.zeros(12))["p_value"] == 1.0
+    zero = C.paired_test(np.zeros(12))
+    assert zero["p_greater"] == zero["p_less"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,7 +206,11 @@ def test_gate_victim_floor():
     ours["victim_accuracy"] = 0.41
     row = one(tables(ours, zhu))
     assert row["verdict"] == "not comparable"
-    assert row["reason"].startswith("not comparable: victim of L_u_ours at 41.0% < floor 50%")
+    assert row["reason"] == (
+        "not comparable: 0 of 1 victim seed(s) the config asks for remain "
+        "(victim seed 0 of L_u_ours at 41.0% < floor 50%: its images left out)"
+    )
+    assert np.isnan(row["statistic"])  # no seed left: nothing to show
 
 
 def test_gate_unequal_budget_only_when_methods_are_compared():
@@ -206,27 +218,22 @@ def test_gate_unequal_budget_only_when_methods_are_compared():
     zhu["iterations"] = 8
     row = one(tables(ours, zhu))
     assert row["verdict"] == "not comparable"
-    assert row["reason"].startswith("not comparable: L_u_zhu ran 8 of the paper's 500 L-BFGS steps")
+    assert row["reason"] == "not comparable: L_u_zhu ran 8 instead of the paper's 500 L-BFGS steps"
+    assert row["statistic"] > 0  # the images were attacked alike: the evidence is shown, not judged
     ours, zhu = _pair()
-    ours["iterations"] = 600
-    assert "ran 600 of the paper's 4,800 signed-Adam iterations" in one(tables(ours, zhu))["reason"]
+    ours["iterations"] = 9600  # more than declared is a different protocol too
+    assert "ran 9,600 instead of the paper's 4,800 signed-Adam iterations" in one(tables(ours, zhu))["reason"]
     same_method = C.Claim(**{**PAIR.__dict__, "paper_budget": False})
     assert one(tables(ours, zhu), same_method)["verdict"] == "supported"
 
 
-def test_gate_convergence_missing_and_false():
+def test_convergence_never_vetoes_a_verdict():
+    """Replaces the old convergence gate: a claim is judged at its declared budget, converged or not."""
     ours, zhu = _pair()
-    row = one(tables(ours, zhu, converged=np.nan))
-    assert row["verdict"] == "not comparable" and row["reason"] == (
-        "not comparable: no convergence snapshots for L_u_ours"
-    )
-    row = one(tables(ours, zhu, converged=False, gain=1.5))
-    assert row["reason"].startswith(
-        "not comparable: L_u_ours not converged (+1.50 dB from half to full budget)"
-    )
+    assert one(tables(ours, zhu, converged=False, gain=1.5))["verdict"] == "supported"
     tabs = tables(ours, zhu)
-    tabs["table1"] = (tabs["table1"][0], tabs["table1"][1].drop(columns="converged"))
-    assert "no convergence snapshots" in one(tabs)["reason"]
+    tabs["table1"] = (tabs["table1"][0], tabs["table1"][1].drop(columns=["converged", "convergence_gain_db"]))
+    assert one(tabs)["verdict"] == "supported"
 
 
 def test_gates_run_in_order_and_before_statistics():
@@ -241,8 +248,7 @@ def test_gates_run_in_order_and_before_statistics():
     ours["victim_accuracy"] = 0.9
     assert "4,800" in one(tables(ours, zhu, converged=False))["reason"]
     ours["iterations"] = 4800
-    assert "not converged" in one(tables(ours, zhu, converged=False))["reason"]
-    assert one(tables(ours, zhu))["reason"] == "not comparable: n=4 < 10 paired images"
+    assert one(tables(ours, zhu, converged=False))["reason"] == "not comparable: n=4 < 10 paired images"
 
 
 def test_missing_cell_and_missing_experiment_are_not_run():
@@ -254,7 +260,7 @@ def test_missing_cell_and_missing_experiment_are_not_run():
     )
     out = C.decide({})  # nothing ran at all: every claim says so, nothing crashes
     assert set(out.verdict) == {"not run"} and out.reason.str.contains("not in this config").all()
-    assert list(out.columns) == C.COLUMNS and len(out) == len(C.CLAIMS)
+    assert list(out.columns) == C.COLUMNS and len(out) == len(C.registered_claims())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,7 +268,7 @@ def test_missing_cell_and_missing_experiment_are_not_run():
 
 
 def test_matches_paper_three_ways():
-    claim = next(c for c in C.CLAIMS if c.id == "1a")
+    claim = next(c for c in C.registered_claims() if c.id == "1a")
     spread = noise(10, 100, 3.33)
     spread = (spread - spread.mean()) / spread.std() * 3.33
     for mean, verdict in [(18.3, "supported"), (12.0, "contradicted"), (16.3, "inconclusive")]:
@@ -303,14 +309,14 @@ def test_within_tolerance_per_dtype():
             "rel_error_max": [2e-7, 1e-16, 3e-8, 0.5],
         }
     )
-    out = C.decide({"analytic": (None, table)}, claims=tuple(c for c in C.CLAIMS if c.id == "5"))
+    out = C.decide({"analytic": (None, table)}, claims=tuple(c for c in C.registered_claims() if c.id == "5"))
     got = dict(zip(out.setting, out.verdict, strict=True))
     assert got == {"float32": "supported", "float64": "contradicted"}
     assert out.set_index("setting").statistic["float64"] == 3e-8
 
 
 def test_batch_claim_counts_recovered_images():
-    claim = next(c for c in C.CLAIMS if c.id == "7")
+    claim = next(c for c in C.registered_claims() if c.id == "7")
     prior = list(10 + noise(14, 16))
 
     def batch(values):
@@ -320,18 +326,19 @@ def test_batch_claim_counts_recovered_images():
         row["psnr_prior_per_image"] = json.dumps(prior)
         return tables(row, experiment="batch")
 
-    values = np.array(prior) + 4 + noise(15, 16, 0.5)
+    # beats the prior by more than the 3 dB margin (a failed image counts as 0 dB), none above 17.5 dB
+    values = np.minimum(np.array(prior) + 6 + noise(15, 16, 0.5), 17.5)
     values[0], values[1] = 19.0, np.nan
     row = one(batch(values), claim, recovered=18.0)
     assert row["verdict"] == "supported" and row["n"] == 16 and row["failures"] == 1
     assert "1/16 ≥ 18 dB" in row["ours"]
     values[0] = 17.0
     row = one(batch(values), claim, recovered=18.0)
-    assert row["verdict"] == "inconclusive" and "no image ≥ 18 dB" in row["reason"]
+    assert row["verdict"] == "inconclusive" and row["reason"] == "beats the prior but no image ≥ 18 dB"
 
 
 def test_width_claim_picks_widest_and_narrowest():
-    claim = next(c for c in C.CLAIMS if c.id == "4")
+    claim = next(c for c in C.registered_claims() if c.id == "4")
     base = 12 + noise(16, 10, 2)
     cells = [
         images(f"ResNet20-{w}_untrained", base + w, model=f"ResNet20-{w}", axis="width", value=w)
@@ -400,13 +407,13 @@ def test_make_report_writes_claims_csv_and_renders_it(tmp_path):
     dlg = table[table.claim == "1b"].set_index("setting").verdict
     assert dlg["untrained, vs zhu_halfce"] == "supported" and dlg["untrained, vs zhu"] == "contradicted"
     text = report.read_text()
-    assert (
-        "| claim (arXiv 2003.14053) | paper | ours | n (failed: NaN, counted as 0 dB) | statistic / CI | verdict | reason |"
-        in text
-    )
+    assert "| claim (arXiv 2003.14053) | paper | ours | n (failed: NaN, counted as 0 dB) | seeds |" in text
+    assert "## Method" in text and "MDE = (z₁₋α/₂ + z_0.8) · SD / √n" in text
+    for name, margin in C.MARGINS.items():  # the pre-declared margin table, each with its reason
+        assert f"| {name} | {margin.value:g} {margin.unit} |" in text
     for row in table.itertuples():
         assert f"**{row.verdict}**" in text
-    assert "**not run** | not run: cell imagenet not in this config |" in text
+    assert "**not run** | not run | not run: cell imagenet not in this config |" in text
     assert "## The DLG discrepancy" in text
     assert "untrained, vs zhu_halfce: **supported** — DLG loses" in text
     assert "untrained, vs zhu: **contradicted** — DLG beats" in text
@@ -498,24 +505,7 @@ def test_default_claims_on_every_experiment():
     assert got[("7", "ResNet20_untrained_K12")] == "supported"
     assert got[("8", "LeNetZhu")] == "supported"  # DLG ≈ prior: does not beat it by 3 dB
     assert got[("8b", "")] == "not run"
-    assert set(out.claim) == {c.id for c in C.CLAIMS}
-
-
-def test_withheld_statistic_is_shown_but_never_a_verdict():
-    """A gate that withholds the verdict (not converged) still shows the paired evidence, and what it would read
-    after one more doubling of the budget; a mismatch of images shows nothing."""
-    ours, zhu = _pair()
-    row = one(tables(ours, zhu, converged=False, gain=1.5))
-    assert row["verdict"] == "not comparable" and row["statistic"] > 0 and row["ci_low"] > 0
-    assert "withheld: the paired statistic would read 'supported'" in row["reason"]
-    assert "'supported' after one more doubling (L_u_ours +1.50 dB, L_u_zhu +1.50 dB)" in row["reason"]
-    close = tables(
-        images("L_u_ours", 12 + noise(9, 12, 2) + 0.8), images("L_u_zhu", 12 + noise(9, 12, 2), method="zhu")
-    )
-    assert one(close)["verdict"] == "supported"
-    ours.loc[3, "indices"] = json.dumps([99])
-    mismatch = one(tables(ours, zhu, converged=False))
-    assert "withheld" not in mismatch["reason"] and np.isnan(mismatch["statistic"])
+    assert set(out.claim) == {c.id for c in C.registered_claims()}
 
 
 def test_each_verdict_names_the_training_data_of_its_victims():
@@ -529,3 +519,132 @@ def test_each_verdict_names_the_training_data_of_its_victims():
         images("L_u_zhu", base, method="zhu", victim_source="untrained"),
     )
     assert one(tables(*untrained))["victim_source"] == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: stated rows, never a crash, never a verdict
+
+
+def _seeded(cell, psnr_by_seed, **kwargs):
+    """One cell with a victim_seed column: one block of images per seed, the same targets in each."""
+    return pd.concat(
+        [images(cell, values, victim_seed=seed, **kwargs) for seed, values in psnr_by_seed.items()],
+        ignore_index=True,
+    )
+
+
+def test_a_cell_at_several_budgets_and_same_method_cells_at_different_budgets():
+    ours, zhu = _pair()
+    ours.loc[:5, "iterations"] = 2400
+    row = one(tables(ours, zhu))
+    assert row["verdict"] == "not comparable"
+    assert row["reason"] == "not comparable: L_u_ours ran at several budgets (2,400, 4,800 iterations)"
+    claim3 = next(c for c in C.registered_claims() if c.id == "3")  # judged at the config's budget
+    base = 15 + noise(30, 12)
+    untrained = images("L_u_ours", base + 4, iterations=2400)
+    trained = images("L_t_ours", base, weights="trained")
+    row = one(tables(untrained, trained), claim3)
+    assert row["verdict"] == "not comparable" and "cells of one method ran different budgets" in row["reason"]
+    assert "L_u_ours 2,400 vs L_t_ours 4,800" in row["reason"] and row["statistic"] == pytest.approx(4.0)
+    trained["iterations"] = 2400
+    assert one(tables(untrained, trained), claim3)["verdict"] == "supported"
+
+
+def test_fewer_seeds_than_the_config_asks_is_a_stated_row():
+    ours, zhu = _pair()
+    row = one(tables(ours, zhu), seeds=3)
+    assert row["verdict"] == "not comparable" and row["verdict_2x"] == "not comparable"
+    assert row["reason"] == "not comparable: 1 of 3 victim seed(s) the config asks for remain"
+    assert row["seeds"] == 1 and row["statistic"] > 0  # the evidence shown, not judged
+    with pytest.raises(ValueError, match="victim seeds per cell must be an integer ≥ 1, got 0"):
+        C.decide({}, seeds=0)
+
+
+def test_a_victim_seed_below_its_floor_is_left_out_and_the_row_counts_what_remains():
+    base = {s: 12 + noise(40 + s, 12, 2) for s in range(4)}
+    ours = _seeded(
+        "L_t_ours", {s: v + 4 + noise(50 + s, 12, 0.5) for s, v in base.items()}, weights="trained"
+    )
+    zhu = _seeded("L_t_zhu", base, method="zhu", weights="trained")
+    ours.loc[ours.victim_seed == 2, "victim_accuracy"] = 0.3
+    row = one(tables(ours, zhu), seeds=3)
+    assert row["verdict"] == "supported" and row["seeds"] == 3 and row["n"] == 36
+    assert row["reason"].startswith(
+        "victim seed 2 of L_t_ours at 30.0% < floor 50%: its images left out, 3 seed(s) remain; "
+    )
+    assert row["method"].startswith("t-test on 3 per-seed mean differences")
+    row = one(tables(ours, zhu), seeds=4)
+    assert row["verdict"] == "not comparable" and row["reason"].startswith(
+        "not comparable: 3 of 4 victim seed(s) the config asks for remain (victim seed 2 of L_t_ours"
+    )
+
+
+def test_missing_2x_run_stable_and_budget_sensitive():
+    ours, zhu = _pair()
+    row = one(tables(ours, zhu))
+    assert row["verdict_2x"] == C.NO_2X == "not run: no 2x run"
+    assert row["robustness"] == "not measured: no 2x run" and np.isnan(row["statistic_2x"])
+    ours["psnr_2x"], zhu["psnr_2x"] = ours.psnr + 1, zhu.psnr
+    row = one(tables(ours, zhu))
+    assert row["verdict_2x"] == "supported" and row["robustness"] == "stable at 2x"
+    assert row["statistic_2x"] == pytest.approx(6.0)
+    zhu["psnr_2x"] = zhu.psnr + 10  # DLG overtakes at twice its budget
+    row = one(tables(ours, zhu))
+    assert row["verdict"] == "supported" and row["verdict_2x"] == "contradicted"
+    assert row["robustness"] == "budget-sensitive (contradicted at 2x)"
+
+
+def test_holm_corrects_across_the_reports_rows():
+    weak_base = 12 + noise(60, 10, 2)
+    weak = C.Claim(**{**PAIR.__dict__, "id": "w", "per": ()})
+    cells = (
+        images("L_u_ours", weak_base + 1 + noise(61, 10, 0.3)),
+        images("L_u_zhu", weak_base, method="zhu"),
+    )
+    alone = one(tables(*cells), weak)
+    assert alone["verdict"] == "supported" and alone["p_value"] < 0.05  # 10/10 positive: p = 1/1024
+    both = C.decide(tables(*cells), claims=(weak,) * 60)
+    assert both.p_holm.iloc[0] == pytest.approx(min(1.0, 60 * alone["p_value"]))
+    assert (both.verdict == "inconclusive").all() and (both.p_value == alone["p_value"]).all()
+
+
+def test_bimodal_dlg_mean_and_majority_disagree_in_words():
+    ours = images("L_u_ours", [20.0] * 20)
+    zhu = images("L_u_zhu", [60.0] * 8 + [5.0] * 12, method="zhu")
+    row = one(tables(ours, zhu))
+    assert row["statistic"] == pytest.approx(-7.0) and row["win_rate"] == pytest.approx(0.6)
+    assert row["sign_p"] == pytest.approx(stats.binomtest(12, 20).pvalue)
+    assert (
+        row["note"]
+        == "the mean favours L_u_zhu by 7.00 dB, but L_u_ours wins 12 of 20 images (sign test p=0.5)"
+    )
+    assert row["recovery"] == "L_u_ours 20/20, L_u_zhu 8/20 ≥ 18 dB"
+    assert row["mcnemar_p"] == pytest.approx(2 / 2**12)
+    assert row["ours"].endswith("; DLG (L_u_zhu) 12/20 below 18 dB")
+
+
+def test_a_perfect_match_stays_inf_and_does_not_become_1e308():
+    base = 12 + noise(70, 12, 2)
+    perfect = base + 3
+    perfect[0] = np.inf
+    row = one(tables(images("L_u_ours", perfect), images("L_u_zhu", base, method="zhu")))
+    assert np.isfinite(row["statistic"]) and row["statistic"] < 20 and "e+308" not in row["ours"]
+    assert row["win_rate"] == 1.0 and row["verdict"] == "supported"
+
+
+def test_claims_come_from_the_registry_at_call_time(monkeypatch):
+    from invgrad.replication import registry
+
+    monkeypatch.setattr(registry, "all_claims", lambda: (PAIR,))
+    out = C.decide({})
+    assert list(out.claim) == ["t"] and out.verdict[0] == "not run"
+
+
+def test_gates_are_typed_values():
+    assert (
+        C.GateKind.DIFFERENT_BUDGET.verdict == "not comparable" and C.GateKind.DIFFERENT_BUDGET.shows_evidence
+    )
+    gate = C.Gate(C.GateKind.NOT_RUN, "cell x not in this config")
+    assert gate.verdict == "not run" and gate.reason == "not run: cell x not in this config"
+    assert not C.GateKind.DIFFERENT_IMAGES.shows_evidence
+    assert len(set(C.GateKind)) == len(C.GateKind.__members__)  # no kind is an alias of another

@@ -234,3 +234,10 @@ def summarize(values: Sequence[float]) -> dict:
         "min": float(paper.min()),
         "max": float(paper.max()),
     }
+
+
+def psnr_for_statistics(values) -> np.ndarray:
+    """The failure rule for statistics over PSNRs: a failed image (NaN) counts as 0 dB; +inf (a perfect match)
+    stays +inf. Unlike ``np.nan_to_num`` with its defaults, which turns +inf into 1.8e308 and so corrupts every
+    mean it enters; statistics that need finite values decide for themselves how to treat +inf."""
+    return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0, posinf=np.inf, neginf=-np.inf)

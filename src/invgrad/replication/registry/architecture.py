@@ -55,6 +55,7 @@ CLAIMS = (
             Select("architecture", eq(axis="width"), pick=("value", "min")),
         ),
         per=("weights",),
+        margin="method",
     ),
 )
 

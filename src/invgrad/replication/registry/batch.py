@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from ..claimdefs import Claim, Select
+from ..claimdefs import ATTACKABLE_DB, Claim, Select
 from .base import Experiment, attack_config, cell, selection
 
 SCHEMA = yaml.safe_load(
@@ -54,11 +54,13 @@ def row(spec: dict, record: dict) -> dict:
 CLAIMS = (
     Claim(
         "7",
-        "A batch of many images still leaks some of them (Fig. 6): beats the prior, ≥ 1 image recovered",
+        f"A batch of many images still leaks some of them (Fig. 6): beats the prior by ≥ {ATTACKABLE_DB:g} dB, "
+        "≥ 1 image recovered",
         "not published; breaching rerun (untrained): avg 11.20 dB, max 16.82 dB",
         "batch_leaks",
         (Select("batch"),),
         per=("cell",),
+        margin="beats_prior",
     ),
 )
 

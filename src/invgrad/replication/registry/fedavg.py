@@ -77,7 +77,7 @@ CLAIMS = (
         "beats_prior",
         (Select("fedavg", (("local_steps", ">", 1),)),),
         per=("cell",),
-        margin=ATTACKABLE_DB,
+        margin="beats_prior",
     ),
 )
 
