@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from invgrad.metrics import psnr_for_statistics
+from invgrad.metrics import psnr_for_mean
 from invgrad.replication.claims import statistics as S
 
 
@@ -76,15 +76,15 @@ def test_paired_test_runs_on_seed_means_with_three_seeds():
     assert two["method"].startswith("Wilcoxon signed-rank per image (2 seeds pooled), cluster bootstrap")
 
 
-def test_psnr_for_statistics_keeps_inf_and_zeroes_failures():
-    got = psnr_for_statistics([12.0, np.nan, np.inf])
+def test_psnr_for_mean_keeps_inf_and_zeroes_failures():
+    got = psnr_for_mean([12.0, np.nan, np.inf])
     assert got[0] == 12.0 and got[1] == 0.0 and got[2] == np.inf
     assert np.nan_to_num(np.array([np.inf]))[0] > 1e308  # the bug this replaces
 
 
 def test_inf_wins_sign_tests_and_is_capped_for_means():
-    x = psnr_for_statistics([np.inf, np.inf, 20.0])
-    y = psnr_for_statistics([30.0, np.inf, 25.0])
+    x = psnr_for_mean([np.inf, np.inf, 20.0])
+    y = psnr_for_mean([30.0, np.inf, 25.0])
     assert list(S.signs(x, y)) == [1, 0, -1]  # a perfect match beats 30 dB, ties another perfect match
     diff = S.capped(x) - S.capped(y)
     assert list(diff) == [S.PSNR_CAP_DB - 30.0, 0.0, -5.0]

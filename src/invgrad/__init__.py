@@ -19,7 +19,9 @@ _EXPORTS = {
     "Defense": ".user.defenses",
     "local_update": ".user.fedavg",
     "shared_gradient": ".user.gradient",
-    **dict.fromkeys(["attack", "data", "io", "metrics", "plot", "protocol", "replication", "user", "victim"], ""),
+    **dict.fromkeys(
+        ["attack", "data", "io", "metrics", "plot", "protocol", "replication", "user", "victim"], ""
+    ),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -205,8 +205,10 @@ def _std(values: np.ndarray) -> float:
 
 
 def psnr_for_mean(values) -> np.ndarray:
-    """The one failure rule of every PSNR mean: a failed image (NaN, or None for a missing value) counts as 0 dB;
-    ±inf (+inf: a perfect match) stays inf. As the paper's ``rec_mult.py`` does with ``np.nan_to_num(nan=0)``."""
+    """The one failure rule of every PSNR statistic (tables, convergence, claims): a failed image (NaN, or None
+    for a missing value) counts as 0 dB; ±inf (+inf: a perfect match) stays inf — unlike ``np.nan_to_num``'s
+    defaults, which turn +inf into 1.8e308. As the paper's ``rec_mult.py`` does with ``np.nan_to_num(nan=0)``;
+    statistics that need finite values decide for themselves how to treat +inf (the claims cap it)."""
     array = np.asarray([math.nan if v is None else v for v in values], dtype=float)
     return np.nan_to_num(array, nan=0.0, posinf=np.inf, neginf=-np.inf)
 
@@ -234,10 +236,3 @@ def summarize(values: Sequence[float]) -> dict:
         "min": float(paper.min()),
         "max": float(paper.max()),
     }
-
-
-def psnr_for_statistics(values) -> np.ndarray:
-    """The failure rule for statistics over PSNRs: a failed image (NaN) counts as 0 dB; +inf (a perfect match)
-    stays +inf. Unlike ``np.nan_to_num`` with its defaults, which turns +inf into 1.8e308 and so corrupts every
-    mean it enters; statistics that need finite values decide for themselves how to treat +inf."""
-    return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0, posinf=np.inf, neginf=-np.inf)

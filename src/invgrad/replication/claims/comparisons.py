@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ...metrics import psnr_for_statistics
+from ...metrics import psnr_for_mean
 from ..claimdefs import MARGINS, Claim, margin_of
 from . import statistics as S
 from .gates import MIN_PAIRS, Gate, GateKind, common_seeds, preset
@@ -94,7 +94,7 @@ def paired_greater(claim: Claim, cells: list[CellData], column: str = "psnr", re
     merged = a.images.merge(b.images, on=[SEED_COLUMN, "target"], suffixes=("_a", "_b"))
     if gate := _few(len(merged)):
         return gate
-    x, y = (psnr_for_statistics(merged[f"{column}_{s}"]) for s in ("a", "b"))
+    x, y = (psnr_for_mean(merged[f"{column}_{s}"]) for s in ("a", "b"))
     margin = margin_of(claim)[1].value
     test = S.paired_test(S.capped(x) - S.capped(y), margin, merged[SEED_COLUMN].to_numpy())
     failures = int(merged[f"{column}_a"].isna().sum() + merged[f"{column}_b"].isna().sum())
@@ -117,7 +117,7 @@ def _versus_prior(claim: Claim, cells: list[CellData], column: str, recovered: f
         return Gate(GateKind.NO_DATA, f"{cell.name} has no psnr_prior column (the mean-colour baseline)")
     if gate := _few(len(cell.images)):
         return gate
-    x, prior = psnr_for_statistics(cell.images[column]), psnr_for_statistics(cell.images.psnr_prior)
+    x, prior = psnr_for_mean(cell.images[column]), psnr_for_mean(cell.images.psnr_prior)
     margin = margin_of(claim)[1].value
     test = S.paired_test(S.capped(x) - S.capped(prior), margin, cell.images[SEED_COLUMN].to_numpy())
     ours = f"{S.capped(x).mean():.2f} dB vs prior {S.capped(prior).mean():.2f} dB"
@@ -143,7 +143,7 @@ def matches_paper(claim: Claim, cells: list[CellData], column: str = "psnr", rec
         return _missing(cell, column)
     if gate := _few(len(cell.images), "images"):
         return gate
-    x = psnr_for_statistics(cell.images[column])
+    x = psnr_for_mean(cell.images[column])
     margin = margin_of(claim)[1].value
     test = S.equivalence_test(x, claim.paper_mean, claim.paper_sd, claim.paper_n, margin)
     inside = -margin < test["ci_low"] and test["ci_high"] < margin
@@ -181,7 +181,7 @@ def batch_leaks(claim: Claim, cells: list[CellData], column: str = "psnr", recov
     raw_values = np.array([np.nan if v is None else v for v in values], dtype=float)
     if gate := _few(len(raw_values), "images"):
         return gate
-    x, prior = psnr_for_statistics(raw_values), psnr_for_statistics(np.array(priors, dtype=float))
+    x, prior = psnr_for_mean(raw_values), psnr_for_mean(np.array(priors, dtype=float))
     margin = margin_of(claim)[1].value
     result = _judge(S.paired_test(S.capped(x) - S.capped(prior), margin, np.array(seeds)), margin, +1)
     hits = int((x >= recovered).sum())

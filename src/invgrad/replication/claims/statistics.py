@@ -1,7 +1,7 @@
 """The statistics behind every verdict: paired tests against a margin, the cluster bootstrap, Holm, the sign test,
 McNemar, the equivalence test for a paper number, and the minimum detectable effect.
 
-PSNRs enter through :func:`invgrad.metrics.psnr_for_statistics` (a failed image, NaN, counts as 0 dB; +inf stays
+PSNRs enter through :func:`invgrad.metrics.psnr_for_mean` (a failed image, NaN, counts as 0 dB; +inf stays
 +inf). Here +inf is handled once: signs (sign test, recovery counts) use the uncapped values, so a perfect match
 beats any finite PSNR and ties with another perfect match; means, CIs and the tests of the mean cap PSNRs at
 :data:`PSNR_CAP_DB`, above which a reconstruction equals its image to better than 16-bit precision.
