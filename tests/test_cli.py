@@ -94,6 +94,16 @@ def test_joint_labels_from_the_cli(tmp_path):
         (["--target_id", "25"], "25"),
         (["--dataset", "image-folder:/no/such/folder", "--stats", "CIFAR10"], "/no/such/folder"),
         (["--device", "cuda:3"], "CUDA is not available"),
+        (["--device", "mps"], "device 'mps' is not supported; use one of cpu, cuda, cuda:N"),
+        (["--device", "foo"], "device 'foo' is not a torch device"),
+        (["--max_iterations", "0"], "max_iterations'\\] must be a positive integer, got 0"),
+        (["--lr", "inf"], "lr'\\] must be a finite number > 0, got inf"),
+        (["--lr", "0"], "lr'\\] must be a finite number > 0, got 0"),
+        (["--tv", "inf"], "total_variation'\\] must be a finite number >= 0, got inf"),
+        (["--tv", "nan"], "total_variation'\\] must be a finite number >= 0, got nan"),
+        (["--seed", str(2**70)], r"seed'\] must be an integer in \[0, 2\*\*63\)"),
+        (["--defense_noise", "nan"], "noise .* must be a finite number, got nan"),
+        (["--accumulation", "2", "--local_lr", "inf"], "local_lr must be a positive finite number, got inf"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, args, fragment):
@@ -182,3 +192,72 @@ def test_the_tv_default_is_the_presets_and_the_help_says_it():
     assert "cosine, signed Adam lr 0.1, 4800 iterations, TV 0.01" in optim_help
     assert PRESETS["ours"]["cost_fn"] == "sim" and PRESETS["ours"]["signed"] and PRESETS["ours"]["lr"] == 0.1
     assert cli._attack_config(args)["max_iterations"] == 4800
+
+
+def test_integer_checkpoint_weights_are_refused(tmp_path, capsys):
+    from invgrad.io import save_tensors
+    from invgrad.victim.models import build_model
+
+    state = {k: v.mul(100).long() for k, v in build_model("LeNetZhu", seed=0).state_dict().items()}
+    ckpt = save_tensors({"state_dict": state}, tmp_path / "int64.pt")
+    code, out = _run(tmp_path, "--trained_model", "--checkpoint", str(ckpt))
+    err = capsys.readouterr().err
+    assert code == 2 and "has dtype torch.int64, but the model's weights are floating point" in err, err
+    assert not out.exists()
+
+
+def test_offline_pretrained_weights_name_the_remedy(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    for model in ("torchvision-resnet18", "ResNet152"):
+        code, out = _run(
+            tmp_path,
+            "--model",
+            model,
+            "--dataset",
+            "embedded-ImageNet",
+            "--trained_model",
+            "--weights_dir",
+            str(tmp_path / "weights"),
+        )
+        err = capsys.readouterr().err
+        assert (
+            code == 2
+            and err.startswith("error: Could not fetch torchvision weights")
+            and err.count("\n") == 1
+        )
+        assert "internet once" in err and "--weights_dir" in err and str(tmp_path / "weights") in err
+        assert not out.exists()
+
+
+def test_a_second_run_into_a_locked_folder_fails_with_one_line(tmp_path, capsys):
+    from invgrad.io import folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out):  # the lock is per open file: a held one refuses this process's second run too
+        code, _ = _run(tmp_path, "--target_id", "2")
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: output folder {out} is in use by process" in err
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_full_disk_ends_with_one_line_and_no_partial_output(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from invgrad import io
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.Image.Image, "save", full)
+    code, out = _run(tmp_path, "--target_id", "2")
+    err = capsys.readouterr().err
+    assert code == 2 and "reconstruction.png: no space left on its disk" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp"]

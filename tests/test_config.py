@@ -177,3 +177,89 @@ def test_a_config_with_only_table1_plans_only_table1():
     config["experiments"] = {"table1": config["experiments"]["table1"]}
     registry.validate_config(config, SCHEMA)
     assert list(plan.validate(config)) == ["table1"] and plan.compute_specs(config) == {}
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (dict(max_iterations=0), "max_iterations.*positive integer, got 0"),
+        (dict(lr=0), r"config\['lr'\] must be a finite number > 0, got 0"),
+        (dict(lr=float("inf")), r"config\['lr'\] must be a finite number > 0, got inf"),
+        (dict(lr=float("nan")), r"config\['lr'\] must be a finite number > 0, got nan"),
+        (dict(total_variation=float("inf")), r"total_variation.*finite number >= 0, got inf"),
+        (dict(total_variation=float("nan")), r"total_variation.*finite number >= 0, got nan"),
+        (dict(total_variation=-1e-4), r"total_variation.*finite number >= 0, got -0.0001"),
+        (dict(seed=2**70), r"seed'\] must be an integer in \[0, 2\*\*63\), got 1180591620717411303424"),
+        (dict(seed=-1), r"seed'\] must be an integer in \[0, 2\*\*63\)"),
+    ],
+)
+def test_non_finite_and_out_of_range_values_are_refused(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make_config("ours", **overrides)
+
+
+def test_tv_zero_and_the_largest_seed_are_allowed():
+    import torch
+
+    cfg = make_config("ours", total_variation=0, seed=2**63 - 1)
+    torch.Generator().manual_seed(cfg["seed"] + 2**31 + 100)  # the engine's largest offset still seeds
+
+
+def _workflow_config():
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "test.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda c: c.update(device="foo"), "config device: device 'foo' is not a torch device"),
+        (lambda c: c.update(device="mps"), "config device: device 'mps' is not supported"),
+        (lambda c: c["report"].update(convergence_db=float("nan")), "report.convergence_db .* got nan"),
+        (lambda c: c["report"].update(recovered_psnr=float("inf")), "report.recovered_psnr .* got inf"),
+        (lambda c: c["report"].update(recovered_psnr=0), "report.recovered_psnr .* > 0, got 0"),
+    ],
+)
+def test_workflow_values_are_checked_at_start(edit, fragment):
+    from invgrad.config import run_value_problems
+    from invgrad.replication import plan
+
+    config = _workflow_config()
+    assert run_value_problems(config, plan.plan(config)) == []
+    edit(config)
+    problems = run_value_problems(config, plan.plan(config))
+    assert len(problems) == 1 and __import__("re").search(fragment, problems[0]), problems
+
+
+def test_workflow_cells_with_bad_noise_or_local_lr_are_named(monkeypatch):
+    from invgrad.config import run_value_problems
+
+    cells = {
+        "defenses": {"noise-nan": {"defense": {"clip": 1.0, "noise": float("nan")}}},
+        "fedavg": {
+            "n2": {
+                "fedavg": {"local_steps": 2, "local_lr": float("inf"), "batch_size": 0},
+                "selection": {"per_user": 4},
+            }
+        },
+    }
+    problems = run_value_problems({"device": "cpu"}, cells)
+    assert problems == [
+        "defenses/noise-nan: defense noise (std σ) must be a finite number, got nan",
+        "fedavg/n2: local_lr must be a positive finite number, got inf",
+    ]
+
+
+def test_a_missing_cuda_device_stops_the_start_check_unless_planning_elsewhere(monkeypatch):
+    import torch
+
+    from invgrad.config import run_value_problems
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_value_problems({"device": "cuda:0"}, {}) == [
+        "config device: device cuda:0: CUDA is not available on this machine (torch sees 0 CUDA device(s))"
+    ]
+    assert run_value_problems({"device": "cuda:0"}, {}, present=False) == []

@@ -314,3 +314,65 @@ def test_datasets_pickle_for_dataloader_workers():
     ds = data.load_dataset("embedded-CIFAR10")
     clone = pickle.loads(pickle.dumps(ds))
     assert clone.labels == ds.labels and torch.equal(clone[2][0], ds[2][0])
+
+
+def test_a_decompression_bomb_is_one_clear_error(tmp_path, monkeypatch):
+    path = _write_png(tmp_path / "bomb.png", np.zeros((64, 64, 3), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 × the limit: PIL's bomb error
+    with pytest.raises(ValueError, match=r"refusing image file .*bomb\.png: .*decompression bomb") as error:
+        data.load_image(path)
+    assert "\n" not in str(error.value)
+
+
+def _archive(path: Path, top: str) -> Path:
+    import tarfile
+
+    source = path.parent / f"src-{top}"
+    (source / top).mkdir(parents=True)
+    (source / top / "new.txt").write_text("from the archive\n")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(source / top, arcname=top)
+    return path
+
+
+def test_extraction_never_replaces_a_folder_it_did_not_create(tmp_path):
+    root = tmp_path / "data"
+    (root / "cache").mkdir(parents=True)
+    (root / "cache" / "mine.txt").write_text("the user's own\n")
+    archive = _archive(tmp_path / "a.tar.gz", "cache")
+    with pytest.raises(
+        data.DataUnavailableError, match=r"would replace .*data/cache, which no extraction created"
+    ):
+        data.extract_archive(archive, root)
+    assert [p.name for p in (root / "cache").iterdir()] == ["mine.txt"]
+
+
+def test_extraction_replaces_what_an_earlier_extraction_created(tmp_path):
+    root = tmp_path / "data"
+    first = data.extract_archive(_archive(tmp_path / "a.tar.gz", "images"), root)
+    assert first == [root / "images"]
+    (root / "images" / "new.txt").write_text("stale\n")
+    (tmp_path / "b").mkdir()
+    data.extract_archive(_archive(tmp_path / "b" / "b.tar.gz", "images"), root)
+    assert (root / "images" / "new.txt").read_text() == "from the archive\n"
+
+
+def test_extract_script_refuses_with_one_line(tmp_path, capsys):
+    import importlib.util
+    import sys
+
+    root = tmp_path / "data"
+    (root / "cache").mkdir(parents=True)
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("extract_data", scripts / "extract_data.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        archive = _archive(tmp_path / "a.tar.gz", "cache")
+        code = module.main(["--archive", str(archive), "--root", str(root), "--flag", str(tmp_path / "flag")])
+    finally:
+        sys.path.remove(str(scripts))
+    captured = capsys.readouterr()
+    assert code == 1 and "which no extraction created" in captured.out + captured.err
+    assert not (tmp_path / "flag").exists() and list((root / "cache").iterdir()) == []

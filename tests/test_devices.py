@@ -55,3 +55,16 @@ def test_bench_on_a_missing_device_says_so_and_exits_2():
     )
     assert result.returncode == 2
     assert "CUDA is not available" in result.stdout and "use --device cpu" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("foo", "'foo' is not a torch device"),
+        ("mps", "'mps' is not supported"),
+        ("meta", "'meta' is not supported"),
+    ],
+)
+def test_unknown_or_unsupported_device_names_are_refused(name, fragment):
+    with pytest.raises(ValueError, match=f"device {fragment}; use one of cpu, cuda, cuda:N"):
+        checked_device(name)

@@ -125,12 +125,12 @@ def test_checkpoint_records_its_sha256_and_refuses_a_corrupted_file(tmp_path, le
         training.load_checkpoint(path)
 
 
-def test_checkpoint_without_recorded_hash_is_still_loaded_and_cited(tmp_path, lenet):
+def test_checkpoint_without_recorded_hash_is_refused(tmp_path, lenet):
     path = tmp_path / "old.pt"
     training.save_checkpoint(path, lenet, {"architecture": "LeNetZhu"})
     path.with_suffix(".json").write_text(json.dumps({"architecture": "LeNetZhu"}))  # written before hashes
-    _, meta = training.load_checkpoint(path)
-    assert meta["sha256"] == training.file_sha256(path)
+    with pytest.raises(training.CheckpointMismatchError, match="records no readable sha256.*--forcerun"):
+        training.load_checkpoint(path)
 
 
 def test_training_data_hash_depends_on_content_not_location(tmp_path):

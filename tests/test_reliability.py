@@ -126,3 +126,38 @@ def test_same_seed_is_bit_identical_run_to_run(tmp_path):
     first = GradientReconstructor(model, data.mean_std("CIFAR10"), cfg).reconstruct(update, labels)
     second = GradientReconstructor(model, data.mean_std("CIFAR10"), cfg).reconstruct(update, labels)
     assert torch.equal(first[0], second[0]) and first[1]["restart_losses"] == second[1]["restart_losses"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Inputs that would run and look valid: refused by the reconstructor before any work
+# ------------------------------------------------------------------------------------------------------------
+def _attack_inputs():
+    from invgrad import data
+    from invgrad.victim.models import build_model
+
+    model = build_model("LeNetZhu", seed=0)
+    x = torch.rand(1, 3, 32, 32)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([3]))
+    update = [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
+    return model, data.mean_std("CIFAR10"), update
+
+
+@pytest.mark.parametrize("scale, word", [(1e18, "overflows"), (1e-30, "underflows")])
+def test_an_update_whose_norm_leaves_float_range_is_refused(scale, word):
+    from invgrad import GradientReconstructor
+
+    model, stats, update = _attack_inputs()
+    attacker = GradientReconstructor(model, stats, dict(max_iterations=2, seed=0))
+    with pytest.raises(ValueError, match=f"update 0: its norm .*{word[:4]}.*rescale the update") as error:
+        attacker.reconstruct([g * scale for g in update], torch.tensor([3]), (3, 32, 32))
+    assert "\n" not in str(error.value)
+    attacker.reconstruct([g * 1e3 for g in update], torch.tensor([3]), (3, 32, 32))  # large but representable
+
+
+def test_integer_model_weights_are_refused():
+    from invgrad import GradientReconstructor
+
+    model, stats, _ = _attack_inputs()
+    model[0].weight = torch.nn.Parameter(model[0].weight.detach().mul(100).long(), requires_grad=False)
+    with pytest.raises(ValueError, match=r"parameter '0.weight' has dtype torch.int64.*floating-point"):
+        GradientReconstructor(model, stats, dict(max_iterations=2))

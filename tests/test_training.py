@@ -80,3 +80,34 @@ def test_quick_and_paper_configs_share_keys():
         yaml.safe_load((ROOT / f"config/{n}.yaml").read_text()) for n in ("config", "paper", "test")
     )
     assert keys(quick) == keys(paper) == keys(test)
+
+
+@pytest.mark.parametrize("sidecar", ["missing", "empty", "broken"])
+def test_a_swapped_checkpoint_without_a_readable_digest_is_refused(tmp_path, sidecar):
+    path = tmp_path / "victims/CIFAR10/LeNetZhu_e1.pt"
+    training.save_checkpoint(path, build_model("LeNetZhu", seed=0), {"architecture": "LeNetZhu", "epochs": 1})
+    training.load_checkpoint(path)  # intact: loads
+    other = tmp_path / "other.pt"
+    training.save_checkpoint(
+        other, build_model("LeNetZhu", seed=1), {"architecture": "LeNetZhu", "epochs": 1}
+    )
+    path.write_bytes(other.read_bytes())  # swapped weights, a valid checkpoint of its own
+    meta = path.with_suffix(".json")
+    {"missing": meta.unlink, "empty": lambda: meta.write_text(""), "broken": lambda: meta.write_text("{")}[
+        sidecar
+    ]()
+    with pytest.raises(training.CheckpointMismatchError, match="cannot be verified") as error:
+        training.load_checkpoint(path)
+    message = str(error.value)
+    assert "\n" not in message and f"snakemake --forcerun {path}" in message and "dvc pull" in message
+
+
+def test_a_swapped_checkpoint_with_its_sidecar_intact_is_refused(tmp_path):
+    path = tmp_path / "v.pt"
+    training.save_checkpoint(path, build_model("LeNetZhu", seed=0), {"architecture": "LeNetZhu"})
+    other = training.save_checkpoint(
+        tmp_path / "o.pt", build_model("LeNetZhu", seed=1), {"architecture": "LeNetZhu"}
+    )
+    path.write_bytes(other.read_bytes())
+    with pytest.raises(training.CheckpointMismatchError, match="corrupted or was replaced"):
+        training.load_checkpoint(path)

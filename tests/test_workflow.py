@@ -214,3 +214,17 @@ def test_whole_dag_on_test_config(project):
     text = plan.stdout
     assert plan.returncode == 0, plan.stderr
     assert re.search(r"^attack\s+1$", text, re.M) and "train_victim" not in text, text  # one attack job
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_stops_a_run_before_any_job(tmp_path):
+    """`device: cuda:0` on a CPU machine: a real (local) run stops at start with one line, and no job runs; a dry
+    run still plans (the jobs may run elsewhere)."""
+    project = project_copy(tmp_path)
+    config = project / "config/config.yaml"
+    config.write_text(config.read_text().replace("device: cpu", "device: cuda:0", 1))
+    result = snakemake(project, "--cores", "1", timeout=300)
+    assert result.returncode != 0
+    assert "error: config device: device cuda:0: CUDA is not available" in result.stderr + result.stdout
+    assert not (project / "results").exists() and not (project / "data/cache").exists()
+    assert snakemake(project, "-n").returncode == 0

@@ -29,12 +29,19 @@ from .attack.labels import LABEL_STRATEGIES
 from .attack.objective_names import objective_names
 from .config import PRESETS, ConfigError, make_config
 from .devices import checked_device
-from .io import load_tensors, save_figure, save_json
+from .io import (
+    DiskFullError,
+    FolderBusyError,
+    folder_lock,
+    load_tensors,
+    save_figure,
+    save_json,
+)
 from .plot import grid
 from .protocol import check_schedule
 from .replication.cells import Threat, run_users
 from .user.defenses import Defense
-from .victim.models import build_model
+from .victim.models import WeightsUnavailableError, build_model
 
 # The paper's CLI names ImageNet's torchvision ResNets like the CIFAR ones; the data set disambiguates.
 IMAGENET_MODEL_ALIASES = {"ResNet18": "torchvision-resnet18", "ResNet152": "torchvision-resnet152"}
@@ -97,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint", default=None, help="state dict of the victim (loaded with weights_only=True)"
+    )
+    p.add_argument(
+        "--weights_dir",
+        default=None,
+        help="folder holding torchvision's pretrained weight files, for --trained_model offline "
+        "(default: torch's hub cache under $TORCH_HOME)",
     )
     p.add_argument(
         "--optim",
@@ -188,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _attack_config(args) -> dict:
     overrides = dict(
         restarts=args.restarts,
-        max_iterations=args.max_iterations or DEFAULT_ITERATIONS[args.optim],
+        max_iterations=DEFAULT_ITERATIONS[args.optim] if args.max_iterations is None else args.max_iterations,
         total_variation=DEFAULT_TV[args.optim] if args.tv is None else args.tv,
         indices=args.indices,
         weights=args.weights,
@@ -246,11 +259,13 @@ def _victim(args, info) -> tuple[torch.nn.Module, str]:
             f"results/victims/{info.name}/{name}_e<epochs>.pt from `snakemake victims`, which takes the training "
             "split from a local archive or folder, else torchvision's download"
         )
-    model = build_model(name, num_classes=info.num_classes, seed=args.seed, pretrained=pretrained)
+    extra = {"weights_dir": args.weights_dir} if pretrained and args.weights_dir is not None else {}
+    model = build_model(name, num_classes=info.num_classes, seed=args.seed, pretrained=pretrained, **extra)
     source = "pretrained" if pretrained else f"untrained (seed {args.seed})"
     if args.checkpoint is not None:
         state = load_tensors(args.checkpoint)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+        _check_float_weights(state, model, args.checkpoint)
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as error:
@@ -258,6 +273,20 @@ def _victim(args, info) -> tuple[torch.nn.Module, str]:
             raise ValueError(f"checkpoint {args.checkpoint} does not fit {name}: {first}") from None
         source = f"checkpoint {args.checkpoint}"
     return model, source
+
+
+def _check_float_weights(state, model: torch.nn.Module, path: str) -> None:
+    """Refuse integer-typed tensors for a model's floating-point weights: load_state_dict would cast them
+    silently, and the attack would run on rounded weights."""
+    if not isinstance(state, dict):
+        return
+    floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    for key, value in state.items():
+        if key in floating and isinstance(value, torch.Tensor) and not value.is_floating_point():
+            raise ValueError(
+                f"checkpoint {path}: {key} has dtype {value.dtype}, but the model's weights are floating point; "
+                "save the state dict as float32 (or float64)"
+            )
 
 
 def _check_writable(folder: Path) -> None:
@@ -319,8 +348,17 @@ def run(args) -> dict:
     )
     _check_writable(output)
     model, source = _victim(args, info)
-    model.to(device).eval()
     experiments = _targets(args, info)
+    with folder_lock(output):  # a second run into the same folder fails with one line instead of mixing files
+        return _attack(
+            args, cfg, (defense, defense_report), info, device, output, (model, source), experiments
+        )
+
+
+def _attack(args, cfg, defenses, info, device, output: Path, victim, experiments) -> dict:
+    """The user's simulation, the attack and the outputs: everything after the checks, inside the folder's lock."""
+    (defense, defense_report), (model, source) = defenses, victim
+    model.to(device).eval()
     dm, ds = data.mean_std(info, device=device)
     truths = [images.to(device) for images, _, _ in experiments]
     labels = [lab.to(device) for _, lab, _ in experiments]
@@ -413,7 +451,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except (ValueError, ConfigError, FileNotFoundError, PermissionError, data.DataUnavailableError) as error:
+    except (
+        ValueError,
+        ConfigError,
+        FileNotFoundError,
+        PermissionError,
+        data.DataUnavailableError,
+        DiskFullError,
+        FolderBusyError,
+        WeightsUnavailableError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = result["psnr_summary"]

@@ -6,6 +6,7 @@ Values follow the official code's inversefed/reconstruction_algorithms.py. ``DEF
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -79,10 +80,52 @@ def _positive_int(key: str, value: Any) -> int:
     return value
 
 
+# torch's generators take seeds in [-2**63, 2**64) and fail with an overflow traceback outside; the attack seeds
+# user e's draws with seed + e (+ 2**31 for label logits), so seeds stop at 2**63 to leave room for those sums.
+SEED_LIMIT = 2**63
+
+
 def _nonnegative_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(f"config[{key!r}] must be a number >= 0, got {value!r}")
+    """A finite number >= 0 (0 switches a term off, as a TV weight of 0 does)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not value >= 0
+    ):
+        raise ConfigError(f"config[{key!r}] must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def positive_finite(name: str, value: Any) -> float:
+    """A finite number > 0 (step sizes, thresholds); ``name`` is how the caller spells the setting."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def nonnegative_finite(name: str, value: Any) -> float:
+    """A finite number >= 0 (noise levels, weights that 0 switches off)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def checked_seed(name: str, value: Any) -> int:
+    """An integer seed in [0, 2**63) (see :data:`SEED_LIMIT`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+    return value
 
 
 def make_config(config: Mapping[str, Any] | str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -120,13 +163,54 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         )
     cfg["restarts"] = _positive_int("restarts", cfg["restarts"])
     cfg["max_iterations"] = _positive_int("max_iterations", cfg["max_iterations"])
-    cfg["lr"] = _nonnegative_float("lr", cfg["lr"])
+    cfg["lr"] = positive_finite("config['lr']", cfg["lr"])
     cfg["total_variation"] = _nonnegative_float("total_variation", cfg["total_variation"])
     if cfg["seed"] is not None:
-        _positive_int("seed", cfg["seed"] + 1)
+        checked_seed("config['seed']", cfg["seed"])
     return cfg
 
 
 def lr_milestones(max_iterations: int) -> list[int]:
     """The paper's step schedule at 3/8, 5/8 and 7/8 of the run, using its float floor-divisions."""
     return [int(max_iterations // divisor) for divisor in (2.667, 1.6, 1.142)]
+
+
+def run_value_problems(
+    config: Mapping[str, Any], cells: Mapping[str, Mapping[str, Any]], present: bool = True
+) -> list[str]:
+    """Every value of a workflow config that would only fail (or silently mislead) inside a job, one line each:
+    the device (known to torch and, with ``present``, on this machine), the report's thresholds, and each cell's
+    defense and FedAvg schedule. The attack configs are checked where the cells are built (:func:`make_config`).
+
+    ``present=False`` checks only the device's name: for planning on a machine other than the one that runs the
+    jobs (a cluster's login node)."""
+    from .devices import checked_device
+    from .protocol import check_schedule
+    from .user.defenses import Defense
+
+    problems = []
+    device = config.get("device", "cpu")
+    try:
+        checked_device(device, present=present)
+    except ValueError as error:
+        problems.append(f"config device: {error}")
+    report = config.get("report", {})
+    for key in ("convergence_db", "recovered_psnr"):
+        if key in report:
+            try:
+                positive_finite(f"report.{key}", report[key])
+            except ConfigError as error:
+                problems.append(str(error))
+    for experiment, specs in cells.items():
+        for name, spec in specs.items():
+            where = f"{experiment}/{name}"
+            try:
+                if spec.get("defense"):
+                    Defense(**spec["defense"])
+                if spec.get("fedavg"):
+                    fed = spec["fedavg"]
+                    images = spec["selection"]["per_user"]
+                    check_schedule(fed["local_steps"], fed["local_lr"], fed["batch_size"], images, False)
+            except (ValueError, TypeError) as error:
+                problems.append(f"{where}: {error}")
+    return problems

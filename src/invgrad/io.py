@@ -7,6 +7,7 @@ update file from someone else must not be able to run any.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -29,10 +30,29 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _umask_mode())  # mkstemp's 0600 would survive the rename: others could not read results
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"cannot write {path}: no space left on its disk (nothing was written)"
+            ) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class DiskFullError(OSError):
+    """A write that ran out of disk space (its temporary file is removed; the target is untouched)."""
+
+
+def _umask_mode() -> int:
+    """``0o666`` less this process's umask: the mode a plain ``open(path, "w")`` would have given."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
@@ -112,3 +132,35 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """[N, C, H, W] in [0, 1] → list of uint8 [H, W, 3] (NaN shown as black)."""
     arrays = torch.nan_to_num(images.detach().cpu(), nan=0.0).clamp(0, 1).mul(255).round().byte()
     return [a.permute(1, 2, 0).numpy() for a in arrays]
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds the lock of an output folder."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path):
+    """Hold an exclusive ``fcntl.flock`` on ``<folder>/.lock`` for the block, so two runs never write into one
+    folder at once (the last writer would win file by file). A held lock fails at once with one line; the lock
+    goes with the process, so a killed run never leaves the folder locked."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FolderBusyError(
+                f"output folder {folder} is in use by {holder}; wait for it to finish or choose another --output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield folder
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

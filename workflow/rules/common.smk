@@ -66,6 +66,19 @@ if (
 
 
 onstart:
+    # Values that would only fail inside a job (the device, the report's thresholds, each cell's defense and FedAvg
+    # schedule; invgrad.config.run_value_problems): one line each, before any job. It imports torch, hence here and
+    # not at parse. The device must exist on this machine only when the jobs run here (local execution).
+    from invgrad.config import run_value_problems
+
+    _problems = run_value_problems(config, CELLS, present=workflow.local_exec)
+    if _problems:
+        sys.exit("error: " + "\nerror: ".join(_problems))
+    for _split in decoded_cache.unavailable_splits(plan.CACHE_DIR):
+        print(
+            f"note: {_split} had no training data last time; resolving its source again",
+            file=sys.stderr,
+        )
     # Where each needed training split will come from (data.resolve_training_source, without network): printed
     # when a run starts, not at parse (it imports the data package, hence torch).
     for _dataset in ("CIFAR10", "CIFAR100"):

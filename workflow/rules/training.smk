@@ -2,13 +2,8 @@
 # online now, or have supplied a folder or an archive (invgrad.data.cache). Nothing is deleted for that: the
 # decode job's `retry` param takes a value unique to this invocation while the split says 'not run', and a changed
 # param reruns the job (Snakemake's params trigger); a decoded split keeps a constant value and never reruns. A
-# dry run plans no retry (`snakemake -n` after a finished run says there is nothing to be done).
-onstart:
-    for _split in decoded_cache.unavailable_splits(plan.CACHE_DIR):
-        print(
-            f"note: {_split} had no training data last time; resolving its source again",
-            file=sys.stderr,
-        )
+# dry run plans no retry (`snakemake -n` after a finished run says there is nothing to be done). The note it prints
+# is in common.smk's one `onstart:` (Snakemake keeps only the last handler registered).
 
 
 rule extract_training_data:

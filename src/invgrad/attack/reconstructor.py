@@ -23,6 +23,32 @@ from .simulator import Simulator, gradient_simulator, split_parameters
 Update = Sequence[torch.Tensor]
 
 
+def check_float_parameters(model: torch.nn.Module) -> None:
+    """Refuse a model whose weights are not floating point: integer weights (e.g. an int64 state dict) have no
+    gradient to invert, and casting them silently would attack a different model than the user's."""
+    for name, parameter in model.named_parameters():
+        if not parameter.is_floating_point():
+            raise ValueError(
+                f"model parameter {name!r} has dtype {parameter.dtype}: the attack needs floating-point weights "
+                "(float32 or float64); convert the checkpoint, e.g. model.float()"
+            )
+
+
+def check_update_scale(update: Sequence[torch.Tensor], index: int) -> None:
+    """Refuse an update whose squared norm over- or underflows in its dtype: the objective divides by that norm,
+    so an update scaled by 1e18 (norm² = inf) leaves every loss at 1.0 and a tiny one (norm² = 0) at nan, while the
+    attack would look like it ran."""
+    squared = sum(t.double().square().sum().to(t.dtype) for t in update)
+    nonzero = any(bool(t.ne(0).any()) for t in update)
+    if not torch.isfinite(squared) or (nonzero and squared == 0):
+        norm = math.sqrt(sum(float(t.double().square().sum()) for t in update))
+        raise ValueError(
+            f"update {index}: its norm ({norm:.3g}) over- or underflows "
+            f"{update[0].dtype} in the objective (norm² = {float(squared):g}); rescale the update "
+            "(e.g. divide it by its norm) before the attack"
+        )
+
+
 def _as_stat_tensor(values: Any) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float32)
     return t.reshape(-1, 1, 1) if t.dim() != 3 else t
@@ -53,6 +79,7 @@ class GradientReconstructor:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
         if defense is not None and not is_defense(defense):
             raise ValueError(f"defense must be an invgrad.user.defenses.Defense (or None), got {defense!r}")
+        check_float_parameters(model)
         self.model, self.num_images, self.progress = model, num_images, progress
         # A defense the attacker knows of: its clipping/pruning are applied to the simulated update too.
         self.defense = defense
@@ -324,6 +351,7 @@ class GradientReconstructor:
                     f"update {index}, tensor {i} contains NaN or inf: nothing to reconstruct from"
                 )
             checked.append(tensor.detach().to(self.device, self.dtype))
+        check_update_scale(checked, index)
         return checked
 
     def _probe(self, img_shape: tuple[int, ...]) -> int:

@@ -119,8 +119,15 @@ def download_cifar(key: str, root: str | Path, timeout: float = DOWNLOAD_TIMEOUT
     return folder
 
 
+def _marker(target: Path) -> Path:
+    """The file beside ``target`` that says an extraction created it (and so may replace it)."""
+    return target.parent / f".{target.name}.extracted"
+
+
 def extract_archive(archive: str | Path, root: str | Path, source: str | None = None) -> list[Path]:
-    """Unpack a ``.tar.gz`` into ``root``, all or nothing: top-level entries replace those of the same name.
+    """Unpack a ``.tar.gz`` into ``root``, all or nothing: top-level entries replace those of the same name that an
+    earlier extraction created (marked by ``.<name>.extracted``); any other existing file or folder of that name
+    is never touched: the extraction is refused before anything moves.
 
     A truncated or corrupt archive raises :class:`DataUnavailableError` and leaves ``root`` as it was.
     """
@@ -135,12 +142,22 @@ def extract_archive(archive: str | Path, root: str | Path, source: str | None = 
             raise DataUnavailableError(
                 f"archive {source or archive} is damaged or truncated ({_one_line(error)}): nothing was extracted"
             ) from error
-        for item in sorted(Path(tmp).iterdir()):
+        items = sorted(Path(tmp).iterdir())
+        foreign = [
+            root / i.name for i in items if (root / i.name).exists() and not _marker(root / i.name).exists()
+        ]
+        if foreign:
+            raise DataUnavailableError(
+                f"archive {source or archive} would replace {', '.join(map(str, foreign))}, which no extraction "
+                "created: move it away or extract into another root (nothing was extracted)"
+            )
+        for item in items:
             target = root / item.name
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
-            elif target.exists():
+            elif target.exists() or target.is_symlink():
                 target.unlink()
             item.rename(target)
+            _marker(target).write_text(f"{source or archive}\n")
             moved.append(target)
     return moved

@@ -133,6 +133,11 @@ def _open_rgb(path: str | Path) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
+    except Image.DecompressionBombError as err:  # PIL's guard against images that decode to gigabytes
+        raise ValueError(
+            f"refusing image file {path}: {err} (a decompression bomb, or an image larger than "
+            f"{Image.MAX_IMAGE_PIXELS} pixels)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image file {path}: {err}") from err
 

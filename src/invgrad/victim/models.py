@@ -166,6 +166,10 @@ def _cifar_resnet(depth: int, multiplier: int = 1) -> Callable[..., nn.Module]:
 # ----------------------------------------------------------------------------------------------------
 # ImageNet models
 # ----------------------------------------------------------------------------------------------------
+class WeightsUnavailableError(RuntimeError):
+    """Published pretrained weights that are neither cached nor downloadable here (offline, blocked, damaged)."""
+
+
 def weights_cache(weights_dir: str | Path | None = None) -> Path:
     """Where downloaded pretrained weights live: ``weights_dir``, else torch's own hub cache
     (``$TORCH_HOME/hub/checkpoints``; ``TORCH_HOME`` defaults to ``~/.cache/torch``). Read, never set: the project's
@@ -195,10 +199,11 @@ def _torchvision(arch: str, weights_enum: str) -> Callable[..., nn.Module]:
             try:
                 state = weights.get_state_dict(progress=False, check_hash=True, model_dir=str(cache))
             except Exception as err:  # URLError, socket timeout, hash mismatch, ... all mean "not here"
-                raise RuntimeError(
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise WeightsUnavailableError(
                     f"Could not fetch torchvision weights {weights} for '{arch}' ({type(err).__name__}: "
-                    f"{err}); this needs internet or a pre-filled cache under "
-                    f"{cache}; 'efficientnet-lite0' works offline."
+                    f"{reason}); this needs internet once, or the file {Path(weights.url).name} in {cache} "
+                    f"(pass its folder as weights_dir= / --weights_dir); 'efficientnet-lite0' works offline."
                 ) from None
             model.load_state_dict(state)
         model.input_normalization = IMAGENET_NORMALIZATION

@@ -12,7 +12,8 @@ never attacked with untrained weights.
 Beside ``<name>.pt`` lies ``<name>.json``: the same metadata (architecture, epochs, seed, the training data's
 sha256, validation accuracy, ...) plus ``sha256``, the digest of the ``.pt`` file itself. :func:`load_checkpoint`
 and :func:`verify_checkpoint` refuse a ``.pt`` whose digest differs from the recorded one (a damaged download,
-an edited file) with :class:`CheckpointMismatchError`, which says how to restore it (``dvc pull``) or retrain it.
+an edited or swapped file) or that has no readable recorded digest (a missing, empty or broken sidecar) with
+:class:`CheckpointMismatchError`, which says how to restore it (``dvc pull``) or retrain it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _CHUNK = 1 << 20
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint file whose sha256 differs from the one recorded in its ``.json`` sidecar."""
+    """A checkpoint file whose sha256 differs from the one recorded in its ``.json`` sidecar, or has none recorded."""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -197,23 +198,38 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module | None, meta: dict[
 
 
 def recorded_sha256(path: str | Path) -> str | None:
-    """The sha256 recorded for checkpoint ``path`` in its sidecar, or None (no sidecar / written before hashes)."""
+    """The sha256 recorded for checkpoint ``path`` in its sidecar, or None (no sidecar, unreadable, no digest)."""
     try:
-        return json.loads(sidecar(path).read_text()).get("sha256")
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        digest = json.loads(sidecar(path).read_text()).get("sha256")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
+    return digest if isinstance(digest, str) and len(digest) == 64 else None
+
+
+def _remedy(path: Path) -> str:
+    return (
+        f"Restore both with `dvc pull {path.parent}` (or `dvc checkout {path.parent}`), or train it again with "
+        f"`snakemake --forcerun {path}`."
+    )
 
 
 def verify_checkpoint(path: str | Path) -> str:
-    """sha256 of checkpoint ``path``; :class:`CheckpointMismatchError` if it differs from the recorded one.
+    """sha256 of checkpoint ``path``; :class:`CheckpointMismatchError` if its sidecar records no readable digest
+    (missing, empty, broken, or written before digests existed) or a different one.
 
-    A checkpoint without a recorded digest (no sidecar, or one written before digests existed) is accepted: its
-    digest is returned so that results can still cite it."""
+    Without a recorded digest nothing tells a swapped or edited file from the trained one, so such a checkpoint is
+    refused rather than trusted."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     actual, expected = file_sha256(path), recorded_sha256(path)
-    if expected is not None and actual != expected:
+    if expected is None:
+        state = "is missing" if not sidecar(path).is_file() else "records no readable sha256"
+        raise CheckpointMismatchError(
+            f"checkpoint {path} cannot be verified: its sidecar {sidecar(path)} {state}. Refusing to use it. "
+            + _remedy(path)
+        )
+    if actual != expected:
         raise CheckpointMismatchError(
             f"checkpoint {path} is corrupted or was replaced: its sha256 is {actual[:16]}…, but "
             f"{sidecar(path)} records {expected[:16]}…. Refusing to use it (and to retrain over it). "
