@@ -7,6 +7,8 @@ Inputs: data/cache/<dataset>-train.pt and -test.pt (scripts/decode_split.py). Ac
 The metadata (also in the .json beside the checkpoint) records architecture, epochs, schedule, seed, the training
 source actually used (training_data, training_data_origin: a local folder or torchvision's download) and the
 decoded training data's sha256, the held-out accuracy and the floor the config sets for this model.
+An optional spec key ``eval_every`` (k > 0) also measures the held-out accuracy after every k-th epoch of the same
+run and records it as ``accuracy_curve: [[epoch, accuracy], ...]`` (scripts/victim_curve.py plots it).
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def main(argv=None) -> int:
     log(f"training on {len(train_x)} images ({train_meta['source']}, sha256 {train_meta['sha256'][:16]}…)")
     model = build_model(spec["model"], num_classes=info.num_classes, seed=spec["seed"])
     mean_std = tuple(t.view(-1) for t in data.mean_std(spec["dataset"]))
+    eval_every = spec.get("eval_every", 0)
+
+    def held_out_accuracy(trained) -> float:
+        return training.accuracy_tensors(trained, test_x[held], test_y[held], mean_std)
+
     start = time.perf_counter()
     with flushed_denormals():  # saturated sigmoids (LeNet (Zhu)) are 5-10x slower with subnormal floats
         history = training.train_tensors(
@@ -85,8 +92,10 @@ def main(argv=None) -> int:
             spec["schedule"],
             spec["batch_size"],
             log,
+            evaluate=held_out_accuracy if eval_every else None,
+            eval_every=eval_every,
         )
-        accuracy = training.accuracy_tensors(model, test_x[held], test_y[held], mean_std)
+        accuracy = held_out_accuracy(model)
     verdict = "meets" if spec["floor"] is None or accuracy >= spec["floor"] else "is BELOW"
     log(f"held-out accuracy {accuracy:.4f} on {len(held)} test images ({verdict} the floor {spec['floor']})")
     meta.update(
@@ -100,6 +109,8 @@ def main(argv=None) -> int:
         val_test_sha256=test_meta["sha256"],
         seconds=time.perf_counter() - start,
     )
+    if "accuracy_curve" in history:
+        meta.update(accuracy_curve=history["accuracy_curve"], eval_every=eval_every)
     training.save_checkpoint(args.out, model, meta)
     return 0
 

@@ -111,3 +111,58 @@ def test_a_swapped_checkpoint_with_its_sidecar_intact_is_refused(tmp_path):
     path.write_bytes(other.read_bytes())
     with pytest.raises(training.CheckpointMismatchError, match="corrupted or was replaced"):
         training.load_checkpoint(path)
+
+
+def _tiny_run(evaluate=None, eval_every=0, epochs=3):
+    images, labels = trainset.decode(data.load_dataset("embedded-CIFAR10"))
+    stats = data.mean_std("CIFAR10")
+    model = build_model("LeNetZhu", seed=0)
+    history = training.train_tensors(
+        model,
+        images,
+        labels,
+        stats,
+        epochs=epochs,
+        batch_size=8,
+        schedule="onecycle",
+        log=lambda m: None,
+        evaluate=evaluate,
+        eval_every=eval_every,
+    )
+    return model, history, (images, labels, stats)
+
+
+def test_per_epoch_evaluation_leaves_the_trained_weights_unchanged():
+    plain, plain_history, _ = _tiny_run()
+    calls = []
+
+    def evaluate(model):
+        calls.append(model.training)
+        torch.rand(100)  # a hook that draws from the global RNG must not shift the run's randomness
+        return 0.5
+
+    hooked, history, _ = _tiny_run(evaluate, eval_every=1)
+    assert calls == [False, False, False]  # evaluated in eval mode, once per epoch
+    assert history["loss"] == plain_history["loss"]
+    for (name, a), b in zip(plain.state_dict().items(), hooked.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert "accuracy_curve" not in plain_history
+
+
+def test_accuracy_curve_lists_every_kth_epoch_and_the_last():
+    def evaluate(model):
+        return training.accuracy_tensors(model, *data_parts)
+
+    images, labels = trainset.decode(data.load_dataset("embedded-CIFAR10"))
+    data_parts = (images, labels, data.mean_std("CIFAR10"))
+    model, history, _ = _tiny_run(evaluate, eval_every=2, epochs=5)
+    curve = history["accuracy_curve"]
+    assert [epoch for epoch, _ in curve] == [2, 4, 5]
+    assert curve[-1][1] == training.accuracy_tensors(model, *data_parts)
+    assert all(0.0 <= acc <= 1.0 for _, acc in curve)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_bad_eval_every_is_one_clear_error(bad):
+    with pytest.raises(ValueError, match="eval_every must be a non-negative integer"):
+        _tiny_run(lambda m: 0.0, eval_every=bad)

@@ -1,6 +1,6 @@
 """Data: constants (:mod:`.catalog`, torch-free), sources (:mod:`.sources`), the training-split resolution
-(:mod:`.training_source`, :mod:`.download`), decoded training tensors (:mod:`.trainset`) and target selection
-(:mod:`.targets`).
+(:mod:`.training_source`, :mod:`.download`), the first test images per class with exact ones substituted
+(:mod:`.per_class`), decoded training tensors (:mod:`.trainset`) and target selection (:mod:`.targets`).
 
 Every source returns a :class:`LabelledDataset`: items are ``(normalised image [C,H,W], int label)`` and the
 object carries ``.info`` (a :class:`DatasetInfo`) and ``.labels`` so that target selection runs on labels alone.
@@ -38,10 +38,13 @@ _EXPORTS = {
         ],
         ".sources",
     ),
+    **dict.fromkeys(["FirstPerClassDataset", "embedded_exact_files", "first_per_class"], ".per_class"),
     **dict.fromkeys(["TrainingSource", "resolve_training_source"], ".training_source"),
     **dict.fromkeys(["DataUnavailableError", "extract_archive"], ".download"),
     **dict.fromkeys(["consecutive_indices", "load_targets", "unique_label_indices"], ".targets"),
-    **dict.fromkeys(["catalog", "download", "sources", "targets", "training_source", "trainset"], ""),
+    **dict.fromkeys(
+        ["catalog", "download", "per_class", "sources", "targets", "training_source", "trainset"], ""
+    ),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -78,6 +78,8 @@ _EVAL_RESIZE = {"ImageNet": 256}
 
 _EMBEDDED_PREFIX = "embedded-"
 _FOLDER_PREFIX = "image-folder:"
+# The first 10 test images per class of an image folder, exact embedded images substituted (data/per_class.py).
+_FIRST_PER_CLASS_PREFIX = "first-per-class:"
 
 
 def dataset_info(name: str | DatasetInfo) -> DatasetInfo:

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from .catalog import _EMBEDDED_PREFIX, _EVAL_RESIZE, _FOLDER_PREFIX, DATASETS, DatasetInfo, dataset_info
+from .catalog import _FIRST_PER_CLASS_PREFIX as _PER_CLASS
 from .download import DataUnavailableError, download_cifar
 
 
@@ -398,14 +399,14 @@ _SOURCES: dict[str, Callable[..., LabelledDataset]] = {
 
 
 def valid_dataset_names() -> list[str]:
-    """Names accepted by :func:`load_dataset` (plus the ``image-folder:<path>`` form)."""
-    return [*_SOURCES, f"{_FOLDER_PREFIX}<path>"]
+    """Names accepted by :func:`load_dataset` (plus the ``image-folder:<path>``, ``first-per-class:<path>`` forms)."""
+    return [*_SOURCES, f"{_FOLDER_PREFIX}<path>", f"{_PER_CLASS}<path>"]
 
 
 def source_root(source: str, data_root: str | Path) -> str | Path | None:
     """The ``root=`` to pass :func:`load_dataset` for a configured source: image folders are given relative to the
     working directory (None); every other source downloads into or reads from ``data_root``."""
-    return None if source.lower().startswith(_FOLDER_PREFIX) else data_root
+    return None if source.lower().startswith((_FOLDER_PREFIX, _PER_CLASS)) else data_root
 
 
 def load_dataset(
@@ -425,6 +426,9 @@ def load_dataset(
         if not path:
             raise ValueError(f"{_FOLDER_PREFIX}<path> needs a path")
         return _image_folder(path, split, stats, train_augment, root)
+    if name.lower().startswith(_PER_CLASS):
+        per_class = importlib.import_module(".per_class", __package__)  # built on this module: imported late
+        return per_class.load(name[len(_PER_CLASS) :], split, stats, train_augment, root)
     for key, factory in _SOURCES.items():
         if key.lower() == name.lower():
             return factory(split, stats, train_augment, root)

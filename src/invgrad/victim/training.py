@@ -126,10 +126,19 @@ def train_tensors(
     schedule: str = "paper",
     batch_size: int = RECIPE["batch_size"],
     log: Callable[[str], None] = print,
+    evaluate: Callable[[torch.nn.Module], float] | None = None,
+    eval_every: int = 0,
 ) -> dict[str, Any]:
     """Train ``model`` in place on a decoded split (uint8 [N,3,H,W]) with the conservative recipe's optimiser
     (SGD 0.1, momentum 0.9, Nesterov, weight decay 5e-4, batch 128, drop_last) and crop+flip augmentation on
-    tensors; ``schedule`` picks the learning-rate schedule (:data:`SCHEDULES`)."""
+    tensors; ``schedule`` picks the learning-rate schedule (:data:`SCHEDULES`).
+
+    With ``evaluate`` and ``eval_every`` = k > 0, ``evaluate(model)`` (e.g. held-out accuracy) runs after every
+    k-th epoch and after the last, and the result's ``accuracy_curve`` lists ``[epoch, value]``: the curve of this
+    one run. The hook runs under ``no_grad`` and touches neither the optimiser nor the data order's generator, so
+    the trained weights are the same with or without it (tests/test_training.py)."""
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+        raise ValueError(f"eval_every must be a non-negative integer (0 = off), got {eval_every!r}")
     from ..data.trainset import augment
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -141,7 +150,7 @@ def train_tensors(
     optimizer = recipe_optimizer(model)
     scheduler = _scheduler(schedule, optimizer, epochs, steps)
     generator = torch.Generator().manual_seed(seed)
-    history, start = [], time.perf_counter()
+    history, curve, start = [], [], time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for epoch in range(epochs):
@@ -161,8 +170,23 @@ def train_tensors(
             log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.perf_counter() - start:.0f} s)")
             if not math.isfinite(history[-1]):
                 raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {history[-1]})")
+            if evaluate is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+                curve.append([epoch + 1, _evaluated(model, evaluate)])
+                log(f"epoch {epoch + 1}/{epochs}: held-out {curve[-1][1]:.4f}")
     model.eval()
-    return {"loss": history, "seconds": time.perf_counter() - start, "images_per_epoch": steps * batch_size}
+    result = {"loss": history, "seconds": time.perf_counter() - start, "images_per_epoch": steps * batch_size}
+    if evaluate is not None and eval_every:
+        result["accuracy_curve"] = curve
+    return result
+
+
+def _evaluated(model: torch.nn.Module, evaluate: Callable[[torch.nn.Module], float]) -> float:
+    """``evaluate(model)`` in eval mode without gradients, the model's global RNG state left as it was."""
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        value = float(evaluate(model))
+    model.train()
+    return value
 
 
 @torch.no_grad()
