@@ -26,7 +26,6 @@ _EXPORTS = {
         [
             "LabelledDataset",
             "default_root",
-            "demo_image",
             "denormalize",
             "embedded_data_dir",
             "load_dataset",
@@ -41,7 +40,9 @@ _EXPORTS = {
     **dict.fromkeys(["FirstPerClassDataset", "embedded_exact_files", "first_per_class"], ".per_class"),
     **dict.fromkeys(["TrainingSource", "resolve_training_source"], ".training_source"),
     **dict.fromkeys(["DataUnavailableError", "extract_archive"], ".download"),
-    **dict.fromkeys(["consecutive_indices", "load_targets", "unique_label_indices"], ".targets"),
+    **dict.fromkeys(
+        ["consecutive_indices", "demo_image", "load_targets", "unique_label_indices"], ".targets"
+    ),
     **dict.fromkeys(
         ["catalog", "download", "per_class", "sources", "targets", "training_source", "trainset"], ""
     ),

@@ -433,23 +433,3 @@ def load_dataset(
         if key.lower() == name.lower():
             return factory(split, stats, train_augment, root)
     raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(valid_dataset_names())}")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Demo image
-# --------------------------------------------------------------------------------------------------------------
-
-# Label of the jeep demo photo in each label space (CIFAR-100 has no car class; pickup_truck is the closest).
-_DEMO_LABELS = {"CIFAR10": 1, "CIFAR100": 58, "ImageNet": 609}
-
-
-def demo_image(stats: str | DatasetInfo = "CIFAR10") -> tuple[torch.Tensor, int]:
-    """Image and label for the paper CLI's ``--target_id -1`` (a picture from outside the data set).
-
-    The original demo reconstructs a user photo of a car that is in no training set. That photo is not
-    redistributable here, so the offline stand-in is the embedded ImageNet photo ``imagenet_06_609.jpg``
-    (class 609, jeep): resized bicubic to the data set's shape, labelled automobile (1) for CIFAR-10.
-    """
-    info = dataset_info(stats)
-    path = embedded_data_dir() / "imagenet_06_609.jpg"
-    return load_image(path, info), _DEMO_LABELS[info.name]

@@ -63,3 +63,22 @@ def load_targets(dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.T
     images = torch.stack([img for img, _ in items])
     labels = torch.tensor([int(y) for _, y in items], dtype=torch.long)
     return images, labels
+
+
+# Label of the jeep demo photo in each label space (CIFAR-100 has no car class; pickup_truck is the closest).
+_DEMO_LABELS = {"CIFAR10": 1, "CIFAR100": 58, "ImageNet": 609}
+
+
+def demo_image(stats="CIFAR10") -> tuple[torch.Tensor, int]:
+    """Image and label for the paper CLI's ``--target_id -1`` (a picture from outside the data set).
+
+    The original demo reconstructs a user photo of a car that is in no training set. That photo is not
+    redistributable here, so the offline stand-in is the embedded ImageNet photo ``imagenet_06_609.jpg``
+    (class 609, jeep): resized bicubic to the data set's shape, labelled automobile (1) for CIFAR-10.
+    """
+    from .catalog import dataset_info
+    from .sources import embedded_data_dir, load_image
+
+    info = dataset_info(stats)
+    path = embedded_data_dir() / "imagenet_06_609.jpg"
+    return load_image(path, info), _DEMO_LABELS[info.name]
