@@ -82,6 +82,8 @@ def workloads(args) -> list[Workload]:
         ),
         Workload("dlg20", f"LeNetZhu DLG, {dlg_images} imgs", "LeNetZhu", "zhu", dlg_images, 1, 1, "≥ 4×"),
         Workload("fedavg", "LeNetZhu FedAvg n=5, 8 imgs", "LeNetZhu", "fedavg", 1, 8, 1, "measure"),
+        Workload("fedavg1", "LeNetZhu FedAvg n=5, 1 user", "LeNetZhu", "fedavg", 1, 1, 1, "≥ 1.3×"),
+        Workload("fedavg12", "LeNetZhu FedAvg n=5, 12 users", "LeNetZhu", "fedavg", 12, 1, 1, "≥ 5×"),
     ]
     if args.resnet:
         table += [
