@@ -22,6 +22,10 @@ from ..victim.training import NOT_RUN
 COMMITTED = Path("figures/data")  # each experiment's figure source data, committed with the figures
 KEPT_TARGETS = 8  # images per cell kept in the committed copy, besides the best, median and worst by PSNR
 TABLES = ("table.csv", "images.csv", "trials.csv")
+# What a reader sees instead of the ids in cell names (one mapping, used by every figure).
+METHOD_NAMES = {"ours": "proposed", "zhu": "DLG", "zhu_halfce": "DLG (user 0.5·CE)"}
+WEIGHT_NAMES = {"untrained": "untrained", "trained": "trained"}
+MODEL_NAMES = {"LeNetZhu": "LeNet (Zhu)"}
 
 
 class NoResults(FileNotFoundError):
@@ -144,10 +148,32 @@ def show_image(ax, tensor: torch.Tensor, title: str = "") -> None:
     ax.axis("off")
 
 
-def convergence_figure(images_csv, title: str):
+def human_label(cell: str) -> str:
+    """A cell id such as ``LeNetZhu_untrained_zhu_halfce`` as a reader's label ("untrained LeNet (Zhu), DLG (user
+    0.5·CE)"): known model, weight and method ids are named, the other parts joined by spaces."""
+    parts = str(cell).split("_")
+    model = MODEL_NAMES.get(parts[0], parts[0]) if parts else ""
+    rest = parts[1:]
+    weights = WEIGHT_NAMES.get(rest[0]) if rest else None
+    if weights is not None:
+        rest = rest[1:]
+    method_id = "_".join(rest)
+    method = METHOD_NAMES.get(method_id, " ".join(rest))
+    network = f"{weights} {model}" if weights else model
+    return f"{network}, {method}" if method else network
+
+
+def add_footer(fig, text: str, y: float = -0.02) -> None:
+    """The config label (and commit) under the figure (``y`` in figure coordinates), never in its title."""
+    if text:
+        fig.text(0.5, y, text, ha="center", va="top", fontsize=6, color="0.35")
+
+
+def convergence_figure(images_csv, title: str, footer: str = ""):
     """PSNR of each cell's mean reconstruction against the iterations spent (the snapshots kept during the attack
     and scored afterwards): one curve per cell, so a reader sees whether its budget was enough."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ran = images_csv[images_csv.status != NOT_RUN] if images_csv is not None else None
@@ -162,16 +188,20 @@ def convergence_figure(images_csv, title: str):
                 sum(0.0 if c.get(i) is None or c[i] != c[i] else c[i] for c in curves) / len(curves)
                 for i in iterations
             ]
-            (line,) = ax.plot(iterations, means, marker="o", label=f"{cell} (n={len(curves)})")
+            (line,) = ax.plot(iterations, means, marker="o", label=f"{human_label(cell)} (n={len(curves)})")
             runs = rows.get("psnr_half_budget_run")
             if runs is not None and runs.notna().all():  # the same attack run at half the budget
                 half = sum(0.0 if v != v else v for v in runs) / len(runs)
                 ax.plot([iterations[-1] // 2], [half], marker="s", mfc="none", color=line.get_color(), ls="")
         ax.set_xscale("log")
-        ax.set_xlabel("iterations (L-BFGS: outer steps); □ = the attack run at half the budget")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
+        ticks = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
+        ax.set_xticks(ticks, [str(t) for t in ticks])  # the snapshot iterations themselves
+        ax.set_xlabel("iterations; □ = the attack run at half the budget")
         ax.set_ylabel("mean PSNR [dB] (failures as 0)")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
     ax.set_title(title, fontsize=8)
+    add_footer(fig, footer, y=-0.17)  # below the legend
     return fig
 
 
