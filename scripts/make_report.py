@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -244,6 +245,20 @@ def runtimes(bench: Path) -> list[tuple[str, int, float]]:
     return out
 
 
+def source_commit(folder: str | Path = ".") -> str:
+    """The commit the report is made from (with "+ local changes" when tracked files differ from it), or why not."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit[:12]}" + (" + local changes" if dirty else "")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", default="results")
@@ -269,7 +284,9 @@ def main(argv=None) -> int:
     verdicts = pd.read_csv(args.claims)  # the report shows what claims.csv says, nothing else
     lines = [
         "# Replication report — Inverting Gradients (Geiping et al. 2020)\n",
-        f"Config: `{args.config_label}`. PSNR on de-normalised images clamped to [0,1], per image. Verdicts "
+        f"Made from commit `{source_commit()}` with config `{args.config_label}` (`make`, i.e. "
+        "`snakemake --cores all`).\n",
+        "PSNR on de-normalised images clamped to [0,1], per image. Verdicts "
         f'from `{Path(args.claims).name}`, decided as the Method section below says. "Prior" = the PSNR of '
         "the data set's mean-colour image (an attacker who learned nothing).\n",
         *claim_lines(verdicts),

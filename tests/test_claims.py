@@ -648,3 +648,19 @@ def test_gates_are_typed_values():
     assert gate.verdict == "not run" and gate.reason == "not run: cell x not in this config"
     assert not C.GateKind.DIFFERENT_IMAGES.shows_evidence
     assert len(set(C.GateKind)) == len(C.GateKind.__members__)  # no kind is an alias of another
+
+
+def test_the_report_names_the_commit_and_config_it_was_made_from(tmp_path):
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    assert make_report.source_commit().split()[0] == head.strip()[:12]
+    assert make_report.source_commit(tmp_path) == "unknown (not a git checkout)"
+    results = tmp_path / "results"
+    _write(results, "table1", tables(images("LeNetZhu_untrained_ours", 12 + noise(3, 12, 2))))
+    report = tmp_path / "REPORT.md"
+    args = ["--results", str(results), "--benchmarks", str(tmp_path / "b"), "--config-label", "config/x.yaml"]
+    assert make_report.main([*args, "--claims", str(tmp_path / "c.csv"), "--out", str(report)]) == 0
+    assert (
+        f"Made from commit `{make_report.source_commit()}` with config `config/x.yaml`" in report.read_text()
+    )
