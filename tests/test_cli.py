@@ -156,12 +156,12 @@ def test_reconstruction_png_is_the_paper_grid_with_psnr_and_class_names(tmp_path
     import matplotlib.text
     import torch
 
-    from invgrad import cli, metrics, plot
+    from invgrad import metrics, plot
     from invgrad.data.catalog import CIFAR10_CLASSES
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no AlexNet weights here
-    figures = []
-    monkeypatch.setattr(cli, "grid", lambda *a, **k: figures.append(plot.grid(*a, **k)) or figures[-1])
+    figures, draw = [], plot.grid
+    monkeypatch.setattr(plot, "grid", lambda *a, **k: figures.append(draw(*a, **k)) or figures[-1])
     code, out = _run(tmp_path, "--target_id", "0", "--num_exp", "3")
     assert code == 0
     result = json.loads((out / "metrics.json").read_text())

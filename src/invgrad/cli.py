@@ -37,7 +37,7 @@ from .io import (
     save_figure,
     save_json,
 )
-from .plot import grid
+from .plot import records_grid
 from .protocol import check_schedule
 from .replication.cells import Threat, run_users
 from .user.defenses import Defense
@@ -52,26 +52,9 @@ DEFAULT_TV = {name: preset["total_variation"] for name, preset in PRESETS.items(
 # How the figure names each preset's method.
 METHOD_NAMES = {"ours": "proposed", "zhu": "DLG"}
 # What metrics.json reports per experiment (after its indices), from the shared scoring of invgrad.replication.cells.
-EXPERIMENT_KEYS = (
-    "labels",
-    "labels_used",
-    "label_accuracy",
-    "pairing",
-    "order",
-    "psnr",
-    "mse",
-    "ssim",
-    "psnr_mean",
-    "mse_mean",
-    "ssim_mean",
-    "lpips",
-    "lpips_mean",
-    "failed",
-    "fmse",
-    "rec_loss",
-    "restart_losses",
-    "chosen_restart",
-    "failed_restarts",
+EXPERIMENT_KEYS = tuple(
+    "labels labels_used label_accuracy pairing order psnr mse ssim psnr_mean mse_mean ssim_mean lpips lpips_mean "
+    "failed fmse rec_loss restart_losses chosen_restart failed_restarts".split()
 )
 
 
@@ -424,23 +407,11 @@ def _attack(args, cfg, defenses, info, device, output: Path, victim, experiments
 
 def _figure(args, cfg: dict, info, results: list, result: dict):
     """The paper-style grid of every experiment's images, PSNR (and LPIPS where computed) under each."""
-    records = [r.record for r in results]
-    scores = {"psnr": [v for rec in records for v in rec["psnr"]]}
-    if not isinstance(result["lpips_mean"], str):
-        scores["lpips"] = [v for rec in records for v in rec["lpips"]]
-    names = info.class_names
-    labels = [
-        names[label].replace("_", " ") if names else f"class {label}"
-        for rec in records
-        for label in rec["labels"]
-    ]
-    method = METHOD_NAMES.get(args.optim, args.optim)
-    summary = result["psnr_summary"]
-    return grid(
-        torch.cat([r.truth for r in results]),
-        {method: torch.cat([r.reconstruction for r in results])},
-        metrics={method: scores},
-        labels=labels,
+    method, summary = METHOD_NAMES.get(args.optim, args.optim), result["psnr_summary"]
+    return records_grid(
+        results,
+        info.class_names,
+        method,
         title=f"{args.model} on {args.dataset}: mean PSNR {summary['mean']:.2f} dB (n={summary['n']})",
         caption=f"{method}: {cfg['max_iterations']} iterations, TV {cfg['total_variation']:g}, "
         f"{cfg['restarts']} restart(s), seed {args.seed}; {result['weights']}",

@@ -142,3 +142,25 @@ def grid(
     if caption:
         fig.text(0.5, size * 0.08 / height, caption, ha="center", va="bottom", fontsize=7, color="0.3")
     return fig
+
+
+def records_grid(results, class_names, method: str, title: str = "", caption: str = ""):
+    """:func:`grid` of attack results (``invgrad.replication.cells.UserResult``: truth, reconstruction and the
+    record's per-image ``psnr``/``lpips``/``labels``), one row named ``method``; LPIPS only where it is a number."""
+    records = [r.record for r in results]
+    scores = {"psnr": [v for rec in records for v in rec["psnr"]]}
+    if all(not isinstance(rec.get("lpips"), str) and rec.get("lpips") is not None for rec in records):
+        scores["lpips"] = [v for rec in records for v in rec["lpips"]]
+    labels = [
+        class_names[label].replace("_", " ") if class_names else f"class {label}"
+        for rec in records
+        for label in rec["labels"]
+    ]
+    return grid(
+        torch.cat([r.truth for r in results]),
+        {method: torch.cat([r.reconstruction for r in results])},
+        metrics={method: scores},
+        labels=labels,
+        title=title,
+        caption=caption,
+    )
