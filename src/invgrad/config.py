@@ -85,40 +85,33 @@ def _positive_int(key: str, value: Any) -> int:
 SEED_LIMIT = 2**63
 
 
-def _nonnegative_float(key: str, value: Any) -> float:
-    """A finite number >= 0 (0 switches a term off, as a TV weight of 0 does)."""
+def _finite_number(name: str, value: Any, strictly_positive: bool) -> float:
+    """``value`` as a float if it is a finite number > 0 (or >= 0), else one ConfigError naming ``name``."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
-        or not value >= 0
+        or not (value > 0 if strictly_positive else value >= 0)
     ):
-        raise ConfigError(f"config[{key!r}] must be a finite number >= 0, got {value!r}")
+        raise ConfigError(
+            f"{name} must be a finite number {'>' if strictly_positive else '>='} 0, got {value!r}"
+        )
     return float(value)
+
+
+def _nonnegative_float(key: str, value: Any) -> float:
+    """A finite number >= 0 (0 switches a term off, as a TV weight of 0 does)."""
+    return _finite_number(f"config[{key!r}]", value, strictly_positive=False)
 
 
 def positive_finite(name: str, value: Any) -> float:
     """A finite number > 0 (step sizes, thresholds); ``name`` is how the caller spells the setting."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return _finite_number(name, value, strictly_positive=True)
 
 
 def nonnegative_finite(name: str, value: Any) -> float:
     """A finite number >= 0 (noise levels, weights that 0 switches off)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return _finite_number(name, value, strictly_positive=False)
 
 
 def checked_seed(name: str, value: Any) -> int:
