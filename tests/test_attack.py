@@ -120,7 +120,8 @@ def test_other_optimizers_run_and_reduce_the_loss(lenet, cifar_samples, cifar_st
     cfg = _config(
         optim=optim, signed=False, max_iterations=1, restarts=1, lr=1.0 if optim == "lbfgs" else 0.1
     )
-    start = GradientReconstructor(lenet, cifar_stats, {**cfg, "max_iterations": 1, "lr": 0.0}).reconstruct(
+    # the loss where the attack starts: one step too small to move (a zero lr is refused as a bad value)
+    start = GradientReconstructor(lenet, cifar_stats, {**cfg, "max_iterations": 1, "lr": 1e-12}).reconstruct(
         update, labels[:1]
     )[1]["restart_losses"]
     end = GradientReconstructor(lenet, cifar_stats, {**cfg, "max_iterations": 2}).reconstruct(
