@@ -23,7 +23,14 @@ import re
 from pathlib import Path
 
 from .catalog import _EMBEDDED_PREFIX, _FIRST_PER_CLASS_PREFIX, DATASETS, dataset_info
-from .sources import _IMAGE_EXTENSIONS, ImageFileDataset, _check_split, _EvalTransform, embedded_data_dir
+from .sources import (
+    _IMAGE_EXTENSIONS,
+    ImageFileDataset,
+    _check_split,
+    _EvalTransform,
+    embedded_data_dir,
+    existing_folder,
+)
 
 PER_CLASS = 10  # what the source name gives: "the first 10 test images per class"
 _SPLIT_DIRS = ("test", "val")
@@ -87,11 +94,7 @@ def first_per_class(
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
     info = dataset_info(stats)
-    folder = Path(path).expanduser()
-    if root is not None and not folder.is_absolute():
-        folder = Path(root) / folder
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+    folder = existing_folder(path, root)
     folder = _split_folder(folder)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     names = info.class_names or ()

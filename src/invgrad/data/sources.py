@@ -336,6 +336,16 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".
 _SPLIT_DIRS = {"val": ("val", "test"), "train": ("train",)}
 
 
+def existing_folder(path: str | Path, root: str | Path | None) -> Path:
+    """An image folder source's folder (``~`` expanded, relative paths under ``root``); FileNotFoundError if absent."""
+    folder = Path(path).expanduser()
+    if root is not None and not folder.is_absolute():
+        folder = Path(root) / folder
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return folder
+
+
 def _image_folder(path: str, split: str, stats, train_augment: bool, root) -> ImageFileDataset:
     """An ImageFolder layout ``<path>/<class>/**/<image>``.
 
@@ -350,11 +360,7 @@ def _image_folder(path: str, split: str, stats, train_augment: bool, root) -> Im
             f"{_FOLDER_PREFIX}{path} needs stats= (one of {', '.join(DATASETS)}) for normalisation"
         )
     stats_info = dataset_info(stats)
-    folder = Path(path).expanduser()
-    if root is not None and not folder.is_absolute():
-        folder = Path(root) / folder
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+    folder = existing_folder(path, root)
     subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subdirs and set(subdirs) <= {"train", "test", "val"}:
         chosen = next((d for d in _SPLIT_DIRS[s] if d in subdirs), None)
