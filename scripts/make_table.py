@@ -19,6 +19,14 @@ from invgrad.replication.tables import convergence, tables
 __all__ = ["convergence", "main"]  # convergence: re-exported for the scripts' tests
 
 
+def run_of(path: Path, experiment: str) -> str:
+    """The job a record belongs to: .../<experiment>/<run>/<target>.json, where run is <cell> or <cell>/seed<k>."""
+    parts = path.parent.parts
+    if experiment not in parts:
+        return path.parent.name
+    return "/".join(parts[len(parts) - parts[::-1].index(experiment) :])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", required=True)
@@ -31,7 +39,7 @@ def main(argv=None) -> int:
         "--cell-specs",
         type=json.loads,
         default=None,
-        help="JSON {cell: sha256 of its spec} (what the workflow passes): a cell with a record of another spec "
+        help="JSON {run: sha256 of its spec} (what the workflow passes): a cell with a record of another spec "
         "reads 'not run: mixed specs'; by default a cell's records must share one spec",
     )
     p.add_argument("records", nargs="+")
@@ -39,7 +47,7 @@ def main(argv=None) -> int:
     registry.load_modules(args.module)
     paths = [Path(path) for path in args.records]
     records = [json.loads(path.read_text()) for path in paths if path.exists()]
-    missing = Counter(path.parent.name for path in paths if not path.exists())  # <experiment>/<cell>/<target>
+    missing = Counter(run_of(path, args.experiment) for path in paths if not path.exists())
     images, table = tables(records, args.experiment, args.convergence_db, args.cell_specs, missing)
     out = Path(args.out)
     save_csv(images, out.with_name("images.csv"))

@@ -16,7 +16,7 @@ from invgrad.replication.records import spec_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = "LeNetZhu_untrained_ours"
-SAME = ("psnr", "restart_losses", "attack_seed", "half_budget_run", "snapshots", "spec")
+SAME = ("psnr", "restart_losses", "attack_seed", "double_budget_run", "snapshots", "spec")
 
 
 class Preempted(Exception):
@@ -27,6 +27,7 @@ def _spec(iterations=8, **attack):
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     spec = copy.deepcopy(plan.plan(config)["table1"][CELL])
     spec["attack"].update(max_iterations=iterations, **attack)
+    spec["double_budget"] = True
     assert spec["attack"]["lr_decay"] and spec["selection"]["names"] == ["0", "1"]
     return spec
 
@@ -58,9 +59,9 @@ def _run_files(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 
 
-def test_a_kill_during_the_half_budget_run_keeps_the_finished_full_budget_attack(tmp_path, monkeypatch):
+def test_a_kill_during_the_double_budget_run_keeps_the_finished_attack(tmp_path, monkeypatch):
     clean = cells.run_cell(_spec(), CELL, tmp_path / "clean", log=_quiet)
-    _preempt(monkeypatch, "half_budget_run", after=2)
+    _preempt(monkeypatch, "double_budget_run", after=2)
     with pytest.raises(Preempted):
         cells.run_cell(_spec(), CELL, tmp_path / "cut", log=_quiet, save_every=2)
     monkeypatch.undo()
@@ -72,7 +73,7 @@ def test_a_kill_during_the_half_budget_run_keeps_the_finished_full_budget_attack
 
     monkeypatch.setattr(cells, "run_users", counted)
     resumed = cells.run_cell(_spec(), CELL, tmp_path / "cut", log=_quiet, save_every=2)
-    assert budgets == [4]  # only the half-budget run, resumed; the full budget's result was kept
+    assert budgets == [16]  # only the double-budget run, resumed; the budget's result was kept
     assert _same(resumed) == _same(clean) and _run_files(tmp_path / "cut") == []
 
 

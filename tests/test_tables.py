@@ -21,7 +21,7 @@ SPEC = {
 }
 
 
-def _record(cell, target, psnr, spec=SPEC, half=None, snapshots=((5, 1.0), (10, 2.0), (20, 3.0))):
+def _record(cell, target, psnr, spec=SPEC, double=None, snapshots=((5, 1.0), (10, 2.0), (20, 3.0))):
     return {
         "experiment": "table1",
         "cell": cell,
@@ -33,7 +33,7 @@ def _record(cell, target, psnr, spec=SPEC, half=None, snapshots=((5, 1.0), (10, 
         "ssim_mean": 0.5,
         "seconds": 1.0,
         "snapshots": [list(s) for s in snapshots],
-        "half_budget_run": None if half is None else {"iterations": 10, "psnr": half},
+        "double_budget_run": None if double is None else {"iterations": 40, "psnr": double},
         "spec": spec,
     }
 
@@ -51,20 +51,19 @@ def test_images_csv_has_exactly_the_common_columns_and_the_experiments_own():
 
 
 def test_a_failed_image_counts_as_0_db_in_the_mean_and_in_convergence():
-    rows = [_record("c", "0", 10.0, half=4.0), _record("c", "1", math.nan, half=2.0)]
+    rows = [_record("c", "0", 10.0, double=14.0), _record("c", "1", math.nan, double=2.0)]
     rows[1]["snapshots"] = [[5, 1.0], [10, None], [20, math.nan]]
     _, table = tables.tables(rows, "table1", convergence_db=1.0)
     entry = table.iloc[0]
     assert entry.psnr_mean == pytest.approx(5.0) and entry.failures == 1
-    # full budget (3 + 0) / 2 against the half-budget runs (4 + 2) / 2
-    assert (
-        entry.convergence_gain_db == pytest.approx(1.5 - 3.0) and entry.convergence_basis == "half-budget run"
-    )
+    # the 2x runs (14 + 2) / 2 against the budget's results (10 + 0) / 2
+    assert entry.convergence_gain_db == pytest.approx(8.0 - 5.0) and entry.convergence_basis == "2x run"
+    assert entry.psnr_2x_mean == pytest.approx(8.0) and not entry.converged
     for row in rows:
-        row["half_budget_run"] = None
+        row["double_budget_run"] = None
     entry = tables.tables(rows, "table1", convergence_db=1.0)[1].iloc[0]
     # the kept iterates at half the budget: (2 + 0) / 2, a missing one (None) counted as a failure too
-    assert entry.psnr_mean_half == pytest.approx(1.0) and entry.convergence_gain_db == pytest.approx(0.5)
+    assert entry.psnr_mean_other == pytest.approx(1.0) and entry.convergence_gain_db == pytest.approx(0.5)
     assert entry.convergence_basis == "iterate at half the budget" and entry.converged
 
 

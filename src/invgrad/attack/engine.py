@@ -154,6 +154,7 @@ class Engine:
         save_every: int = 500,
         snapshot_at: Sequence[int] = (),
         memory_limit: int | None = None,
+        keep_state: bool = False,
     ) -> EngineResult:
         """targets: one tensor per parameter with a leading experiment axis E; labels [E, K]; weights [E, L].
 
@@ -167,6 +168,10 @@ class Engine:
         state of another attack (:func:`~invgrad.attack.resume.fingerprint`: config, threat model, update, labels,
         init, seed, device, dtype) is set aside as ``<state>.stale`` with one logged line, and the attack starts
         fresh.
+
+        ``keep_state``: leave the final state at ``state_path`` (instead of deleting it): without a schedule
+        (``lr_decay`` off) a run of the same attack at a larger budget resumes from it, so its iterate at this budget
+        is exactly this run's result (the budget is not part of the fingerprint then).
 
         ``snapshot_at``: iterations (1-based counts) after which the image iterates of every restart are kept;
         they come back in ``EngineResult.snapshots``.
@@ -194,7 +199,7 @@ class Engine:
         keep = sorted({int(i) for i in snapshot_at if 0 < int(i) <= cfg["max_iterations"]})
         snapshots = {i: torch.empty_like(starts[0]) for i in keep}
         key = fingerprint(cfg, seed, targets, labels, starts, self.simulate.describe())
-        resume = ResumeState(state_path, key, save_every)
+        resume = ResumeState(state_path, key, save_every, limit=cfg["max_iterations"], keep=keep_state)
         limit = memory_limit if memory_limit is not None else device_free_memory(like["device"])
 
         def build(e_slice, r_slice) -> Evaluation:
@@ -230,7 +235,8 @@ class Engine:
                 for final, result in zip(finals, results, strict=True):
                     final[e_slice, r_slice] = result
                 for iteration, image in kept.items():
-                    snapshots[iteration][e_slice, r_slice] = image
+                    if iteration in snapshots:  # a continued state may hold the shorter run's iterates
+                        snapshots[iteration][e_slice, r_slice] = image
         resume.finish()
         return EngineResult(
             finals[0],

@@ -173,6 +173,7 @@ class GradientReconstructor:
         save_every: int = 500,
         snapshots: Sequence[int] = (),
         memory_limit: int | None = None,
+        keep_state: bool = False,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """E independent experiments (one update each) in one batched optimisation; images [E, K, C, H, W].
 
@@ -190,7 +191,8 @@ class GradientReconstructor:
         ``seed`` (the one used, drawn when the config's is None), ``iterations``, ``seconds`` and ``config``.
 
         ``state_path``: snapshot the optimisation there every ``save_every`` iterations and resume from it if it
-        exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success. A
+        exists (a preempted job continues where it stopped and ends bit-identical on CPU); removed on success
+        unless ``keep_state`` (without ``lr_decay``, a run of the same attack at a larger budget continues it). A
         state of another attack (another config, threat model, update, labels, seed, device or dtype) is set
         aside as ``<state>.stale`` with one logged line, and the attack starts fresh.
         ``snapshots``: iteration counts at which the chosen restart's iterate is also returned, in
@@ -260,6 +262,7 @@ class GradientReconstructor:
                 save_every=save_every,
                 snapshot_at=snapshots,
                 memory_limit=memory_limit,
+                keep_state=keep_state,
             )
         finally:
             self.model.train(was_training)

@@ -36,8 +36,12 @@ def fingerprint(
     e.g. the user's loss scale or an unknown defense), the labels, the starting points (init), and the device and
     dtype they live on."""
     reference = starts[0]
+    # Without a schedule the trajectory does not depend on the budget: a longer run continues a shorter one's state
+    # (the pipeline's twice-the-budget L-BFGS run does), so the budget is not part of the attack's identity.
+    budget = {} if not cfg.get("lr_decay", False) else {"max_iterations": cfg.get("max_iterations")}
     described = {
-        **cfg,
+        **{k: v for k, v in cfg.items() if k != "max_iterations"},
+        **budget,
         "seed": seed,
         "threat": dict(threat or {}),
         "device": str(reference.device),
@@ -68,8 +72,11 @@ def group_key(e_slice: slice, r_slice: slice, restarts: int) -> GroupKey:
 class ResumeState:
     """Periodic snapshots of every group's optimisation state in one file, and resuming from them."""
 
-    def __init__(self, path: str | Path | None, key: str, every: int):
+    def __init__(self, path: str | Path | None, key: str, every: int, limit: int | None = None, keep=False):
+        """``limit``: the attack's budget (a state saved beyond it is not resumed); ``keep``: leave the final state
+        in place when the attack is done (:meth:`finish`), so that a longer run of the same attack continues it."""
         self.path, self.key, self.every = (Path(path) if path else None), key, max(1, int(every))
+        self.limit, self.keep = limit, keep
         self.groups: dict[int, dict] = {}
         if self.path is None or not self.path.exists():
             return
@@ -94,6 +101,8 @@ class ResumeState:
         saved = self.groups.get(group.index)
         if saved is None or tuple(saved["span"]) != group.span:
             return 0, {}
+        if self.limit is not None and int(saved["iteration"]) > self.limit:
+            return 0, {}  # a longer run of the same attack: this budget ends before its state
         with torch.no_grad():
             for variable, value in zip(variables, saved["variables"], strict=True):
                 variable.copy_(value)
@@ -119,6 +128,6 @@ class ResumeState:
         save_tensors({"fingerprint": self.key, "groups": self.groups}, self.path)
 
     def finish(self) -> None:
-        """The attack is done: its state is no longer needed."""
-        if self.path is not None:
+        """The attack is done: its state is no longer needed (unless it is kept for a longer run)."""
+        if self.path is not None and not self.keep:
             self.path.unlink(missing_ok=True)

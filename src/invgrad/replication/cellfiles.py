@@ -22,17 +22,34 @@ MARKER = ".cell.json"  # the key (spec and victim checkpoint) of the attack whos
 RUN_FILES = (".attack_state_*.pt", ".finished_*.json", ".finished_*.pt", ".seconds_*.json")
 
 
-def budget_runs(attack: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The attack runs a cell makes, by name: ``attack`` itself, then each extra budget its record reports.
+def budget_runs(attack: dict[str, Any], double_budget: bool = False) -> dict[str, dict[str, Any]]:
+    """The attack runs a cell makes, by name: ``attack`` itself and, with ``double_budget``, the same attack (same
+    seeds) at twice the budget, whose result is the robustness reading of every claim (``psnr_2x``).
 
     Each run has its own resumable state and, once finished, its own result file, so a kill during one run never
-    discards another. ``half_budget_run``: a decaying schedule anneals at its end, so the iterate at half the
-    budget is not what half the budget would give: the same attack (same seeds) at half the budget measures the
-    last doubling (``tables.convergence``)."""
+    discards another. A decaying schedule anneals at its end, so the twice-the-budget run has its own schedule and
+    starts from the beginning; without one (L-BFGS, constant steps) it continues the attack's final state
+    (:func:`hand_over`), so the attack's result is exactly its iterate at the budget."""
     runs = {"attack": attack}
-    if attack["lr_decay"] and attack["max_iterations"] >= 2:
-        runs["half_budget_run"] = {**attack, "max_iterations": attack["max_iterations"] // 2}
+    if double_budget:
+        runs[DOUBLE] = {**attack, "max_iterations": 2 * attack["max_iterations"]}
     return runs
+
+
+DOUBLE = "double_budget_run"
+
+
+def continues(attack: dict[str, Any]) -> bool:
+    """Does the twice-the-budget run continue the attack's own final state (no schedule to anneal)?"""
+    return not attack["lr_decay"]
+
+
+def hand_over(out_dir: Path) -> bool:
+    """Give the attack's kept final state to the twice-the-budget run (unless that run saved one of its own)."""
+    kept, target = out_dir / ".attack_state_attack.pt", out_dir / f".attack_state_{DOUBLE}.pt"
+    if kept.exists() and not target.exists():
+        kept.replace(target)
+    return target.exists()
 
 
 def clear_runs(out_dir: Path) -> None:
@@ -87,7 +104,9 @@ def spent_before(out_dir: Path, run: str) -> float:
 def not_run_record(spec: dict, cell: str, name: str, reason: str) -> dict[str, Any]:
     return {
         "experiment": spec["experiment"],
-        "cell": cell,
+        "cell": spec.get("cell", cell),
+        "run": cell,
+        "victim_seed": spec.get("victim_seed", spec.get("seed")),
         "target": name,
         "status": NOT_RUN,
         "reason": reason,

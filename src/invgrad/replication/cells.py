@@ -39,9 +39,12 @@ from ..user.gradient import shared_gradient
 from ..victim.models import build_model
 from ..victim.training import NOT_RUN, load_checkpoint
 from .cellfiles import (
+    DOUBLE,
     budget_runs,
     claim_folder,
     clear_runs,
+    continues,
+    hand_over,
     not_run_cell,
     save_images,
     spent_before,
@@ -137,6 +140,7 @@ def attack_and_score(
     save_every: int = 500,
     snapshots: Sequence[int] = (),
     progress: bool = False,
+    keep_state: bool = False,
 ) -> tuple[list[UserResult], dict[str, Any]]:
     """Attack ``updates`` in one batched call, then score each against its ``truths`` (never shown to the attacker).
 
@@ -157,6 +161,7 @@ def attack_and_score(
         state_path=state_path,
         save_every=save_every,
         snapshots=snapshots,
+        keep_state=keep_state,
     )
     seconds = time.perf_counter() - start
     results = []
@@ -210,7 +215,7 @@ def run_users(
     """Simulate users ``first_user, first_user + 1, ...`` (defense noise from ``seed`` + user), attack and score.
 
     The one path of the CLI and the pipeline; ``attack_options`` go to :func:`attack_and_score` (``state_path``,
-    ``save_every``, ``snapshots``, ``progress``). Each result's record carries the user's defense facts.
+    ``save_every``, ``snapshots``, ``progress``, ``keep_state``). Each result's record carries the user's defense facts.
     """
     updates, facts = share_updates(model, truths, labels, threat, seed, first_user)
     results, call = attack_and_score(
@@ -379,10 +384,15 @@ def run_cell(
     attack, num_images = spec["attack"], spec["selection"]["per_user"]
     users = dict(truths=truths, labels=labels, seed=spec["seed"], first_user=0)
     common = dict(model=model, normalisation=(dm, ds), threat=threat_of(spec), save_every=save_every)
-    runs = {}
-    for run, config in budget_runs(attack).items():
+    runs, double = {}, bool(spec.get("double_budget"))
+    for run, config in budget_runs(attack, double).items():
         snapshots = snapshot_iterations(config["max_iterations"]) if run == "attack" else ()
-        runs[run] = _budget_run(out_dir, run, key, config, users, snapshots=snapshots, **common)
+        if run == DOUBLE and continues(attack):
+            hand_over(out_dir)
+        keep = run == "attack" and double and continues(attack)
+        runs[run] = _budget_run(
+            out_dir, run, key, config, users, snapshots=snapshots, keep_state=keep, **common
+        )
         seconds = sum(r.record["seconds"] for r in runs[run])
         size = f"{len(names)} user(s) × {num_images} image(s)"
         log(f"{cell}: {run} ({config['max_iterations']} iterations) of {size} in {seconds:.1f} s")
@@ -393,11 +403,12 @@ def run_cell(
             continue
         result = runs["attack"][p]
         record = cell_record(spec, cell, name, rows[p], result, victim_meta, device)
-        for run, config in budget_runs(attack).items():
+        for run, config in budget_runs(attack, double).items():
             if run != "attack":
                 record[run] = {
                     "iterations": config["max_iterations"],
                     "psnr": runs[run][p].record["psnr_mean"],
+                    "continued": continues(attack),
                 }
         records.append(record)
         save_json(record, out_dir / f"{name}.json")
@@ -413,7 +424,9 @@ def cell_record(spec, cell, name, indices, result: UserResult, victim_meta, devi
     prior = scores["psnr_prior_per_image"]
     return {
         "experiment": spec["experiment"],
-        "cell": cell,
+        "cell": spec.get("cell", cell),
+        "run": cell,
+        "victim_seed": spec.get("victim_seed", spec["seed"]),
         "target": name,
         "status": "failed" if scores["failed"] else "ok",
         "model": spec["model"],
@@ -426,7 +439,7 @@ def cell_record(spec, cell, name, indices, result: UserResult, victim_meta, devi
         "ssim_per_image": scores["ssim"],
         "psnr": scores["psnr_mean"],
         "psnr_prior": sum(prior) / len(prior),
-        "half_budget_run": None,
+        DOUBLE: None,
         "victim": victim_meta,
         "device": str(device),
         "torch": str(torch.__version__),

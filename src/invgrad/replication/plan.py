@@ -21,7 +21,14 @@ from typing import Any
 from ..data.catalog import image_folder_path
 from ..victim.catalog import is_model_name
 from . import registry
-from .registry.base import CACHE_DIR, VICTIM_DIR, split_cache, victim_path
+from .registry.base import (
+    CACHE_DIR,
+    VICTIM_DIR,
+    double_budget,
+    split_cache,
+    victim_path,
+    victim_seeds,
+)
 
 __all__ = [
     "CACHE_DIR",
@@ -85,7 +92,30 @@ def plan(config: dict) -> dict[str, dict[str, dict[str, Any]]]:
     for experiment in registry.experiments():
         block = _enabled(config, experiment.name)
         if experiment.attacks and block:
-            out[experiment.name] = experiment.cells(config, block)
+            out[experiment.name] = seeded_cells(config, block, experiment.cells)
+    return out
+
+
+def seeded_cells(config: dict, block: dict, cells) -> dict[str, dict[str, Any]]:
+    """An experiment's cells once per victim seed (:func:`~.registry.base.victim_seeds`): the seed initialises an
+    untrained victim, trains its own trained one, seeds the attack and the users' defense noise. With one seed a
+    cell is one job (``<cell>``); with several, each seed is a job ``<cell>/seed<k>`` writing its own folder, and
+    its records name the cell, the seed and the job (``run``), so tables and claims gather the seeds of a cell.
+    Every spec also says whether the cell runs at twice its budget too."""
+    seeds, double = victim_seeds(config, block), double_budget(config, block)
+    out = {}
+    for seed in seeds:
+        for name, spec in cells({**config, "seed": seed}, block).items():
+            run = name if len(seeds) == 1 else f"{name}/seed{seed}"
+            if spec["victim"] and len(seeds) > 1:
+                spec["victim"] = victim_path(spec["model"], spec["dataset"], spec["epochs"], seed)
+            out[run] = {
+                **spec,
+                "cell": name,
+                "victim_seed": seed,
+                "victim_seeds": len(seeds),
+                "double_budget": double,
+            }
     return out
 
 
@@ -122,7 +152,7 @@ def victims(config: dict, cells: dict | None = None) -> dict[str, dict[str, Any]
                 "model": spec["model"],
                 "dataset": dataset,
                 "epochs": spec["epochs"],
-                "seed": config["seed"],
+                "seed": spec["seed"],
                 "train_source": config["data"]["train"].get(dataset),
                 "val_source": config["data"]["val"][dataset],
                 "data_root": config["data"]["root"],

@@ -43,6 +43,9 @@ def _listed(key: str) -> Callable[[dict], Any]:
 COLUMNS: tuple[tuple[str, Callable[[dict], Any]], ...] = (
     ("experiment", lambda r: r["experiment"]),
     ("cell", lambda r: r["cell"]),
+    ("run", lambda r: r.get("run", r["cell"])),  # the cell's job: one per victim seed
+    ("victim_seed", lambda r: r.get("victim_seed", r["spec"].get("victim_seed", r["spec"].get("seed")))),
+    ("victim_seeds", lambda r: r["spec"].get("victim_seeds", 1)),  # how many the config asks for
     ("target", lambda r: r["target"]),
     ("status", lambda r: r["status"]),
     ("reason", lambda r: r.get("reason", "")),
@@ -58,7 +61,7 @@ COLUMNS: tuple[tuple[str, Callable[[dict], Any]], ...] = (
     ("psnr_per_image", _listed("psnr_per_image")),
     ("psnr_prior_per_image", _listed("psnr_prior_per_image")),
     ("snapshots", _listed("snapshots")),
-    ("psnr_half_budget_run", lambda r: (r.get("half_budget_run") or {}).get("psnr")),
+    ("psnr_2x", lambda r: (r.get("double_budget_run") or {}).get("psnr")),
     ("victim_epochs", lambda r: _victim(r).get("epochs")),
     ("victim_training_images", lambda r: _victim(r).get("training_images")),
     ("iterations", _attack("max_iterations")),

@@ -19,7 +19,7 @@ from ..claimdefs import Claim, margin_of
 from .comparisons import CELL_LESS, COMPARISONS
 from .gates import Gate, GateKind, common_seeds, gates
 from .statistics import ALPHA, holm
-from .tables import expansions, primary, read_cell, select, text
+from .tables import expansions, finite, primary, read_cell, select, text
 
 VERDICTS = ("supported", "contradicted", "inconclusive", "not comparable", "not run")
 NO_2X = "not run: no 2x run"
@@ -103,6 +103,12 @@ def _victim_sources(cells) -> str:
     return "; ".join(dict.fromkeys(s for s in sources if s and s != "untrained"))
 
 
+def _asked(cell) -> int:
+    """The victim seeds the config asked for this cell (its records' ``victim_seeds``; 1 when they do not say)."""
+    value = cell.first("victim_seeds")
+    return int(float(value)) if finite(value) else 1
+
+
 def _stated(row: dict[str, Any], gate: Gate) -> dict[str, Any]:
     return {**row, "verdict": gate.verdict, "verdict_2x": gate.verdict, "reason": gate.reason}
 
@@ -124,7 +130,7 @@ def _evaluate(claim: Claim, fixed: dict[str, Any], tables, recovered: float, ask
     row["victim_source"] = _victim_sources(cells)
     if len(cells) == 2 and cells[0].name == cells[1].name:
         return _stated(row, Gate(GateKind.SAME_CELL, f"both sides select {cells[0].name} (one value only)"))
-    gate = gates(claim, cells, asked)
+    gate = gates(claim, cells, max([asked, *(_asked(c) for c in cells)]))
     if gate and not gate.kind.shows_evidence:
         return _stated(row, gate)
     main = COMPARISONS[claim.comparison](claim, cells, "psnr", recovered)
@@ -159,7 +165,8 @@ def _robustness(verdict: str, verdict_2x: str) -> str:
 
 def decide(tables, claims: tuple[Claim, ...] | None = None, recovered: float = 18.0, seeds: int = 1):
     """Every claim's row, one per (claim, compared pair): columns :data:`COLUMNS`. ``claims`` default to the
-    registry's at call time; ``seeds``: the victim seeds per cell the config asks for."""
+    registry's at call time; ``seeds``: the victim seeds per cell the config asks for at least (each cell's
+    records also say how many their config asked for, ``victim_seeds``; the larger number is asked)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"victim seeds per cell must be an integer ≥ 1, got {seeds!r}")
     claims = registered_claims() if claims is None else claims

@@ -153,7 +153,15 @@ def config_schema(base: dict[str, Any]) -> dict[str, Any]:
     block.setdefault("properties", {})
     for experiment in _REGISTRY.values():
         block["properties"][experiment.name] = copy.deepcopy(experiment.schema)
+        if experiment.attacks:  # every attack experiment may set its own replicates (plan.seeded_cells)
+            block["properties"][experiment.name].setdefault("properties", {}).update(REPLICATE_KEYS)
     return schema
+
+
+REPLICATE_KEYS = {
+    "victim_seeds": {"$ref": "#/$defs/victim_seeds"},
+    "double_budget": {"$ref": "#/$defs/double_budget"},
+}
 
 
 def _with_defaults(validator_class):

@@ -85,8 +85,22 @@ def fmt(value: float) -> str:
     return text.replace("+", "")
 
 
-def victim_path(model: str, dataset: str, epochs: int) -> str:
-    return f"{VICTIM_DIR}/{dataset}/{model}_e{epochs}.pt"
+def victim_path(model: str, dataset: str, epochs: int, seed: int | None = None) -> str:
+    """A trained victim's checkpoint; ``seed``: one of several independently trained victims (``_s<seed>``)."""
+    suffix = "" if seed is None else f"_s{seed}"
+    return f"{VICTIM_DIR}/{dataset}/{model}_e{epochs}{suffix}.pt"
+
+
+def victim_seeds(config: dict, block: dict) -> list[int]:
+    """The victim seeds of an experiment's cells: ``victim_seeds`` of its block, else of the config (default 1),
+    numbered from ``seed`` × count, so another base seed gives a disjoint set (seed 0: 0, 1, 2; seed 1: 3, 4, 5)."""
+    count = int(block.get("victim_seeds", config.get("victim_seeds", 1)))
+    return [config["seed"] * count + k for k in range(count)]
+
+
+def double_budget(config: dict, block: dict) -> bool:
+    """Does every cell of the experiment also run at twice its budget (``double_budget``, block over config)?"""
+    return bool(block.get("double_budget", config.get("double_budget", False)))
 
 
 def split_cache(dataset: str, split: str) -> str:
