@@ -208,8 +208,9 @@ def victim_lines(results: Path) -> list[str]:
                 f"{f'`{data_hash[:16]}…`' if data_hash else '—'} | {accuracy} |"
             )
     used: dict[tuple[str, str], set[tuple[str, str]]] = {}
-    for record_file in sorted(results.glob("*/*/*.json")):
-        if record_file.parts[-3] == "victims":
+    for record_file in sorted(results.glob("*/*/**/*.json")):  # <experiment>/<cell>[/seed<k>]/<target>.json
+        experiment = record_file.relative_to(results).parts[0]
+        if experiment == "victims":
             continue
         try:
             record = json.loads(record_file.read_text())
@@ -217,7 +218,7 @@ def victim_lines(results: Path) -> list[str]:
             continue
         victim = record.get("victim") if isinstance(record, dict) else None
         if isinstance(victim, dict) and victim.get("sha256"):
-            key = (record_file.parts[-3], record_file.parent.name)
+            key = (experiment, str(record_file.parent.relative_to(results / experiment)))
             used.setdefault(key, set()).add((str(victim.get("checkpoint")), victim["sha256"]))
     if used:
         lines += [
@@ -233,15 +234,21 @@ def victim_lines(results: Path) -> list[str]:
     return lines
 
 
-def runtimes(bench: Path) -> list[tuple[str, int, float]]:
+def runtimes(bench: Path) -> list[tuple[str, int, float, float]]:
+    """Per stage: (stage, jobs, job seconds summed, CPU seconds summed) from Snakemake's benchmark files."""
+
+    def read(files) -> tuple[float, float]:
+        frames = [pd.read_csv(f, sep="\t") for f in files]
+        cpu = sum(float(f["cpu_time"].iloc[0]) for f in frames if "cpu_time" in f.columns)
+        return sum(float(f["s"].iloc[0]) for f in frames), cpu
+
     out = []
     for stage in sorted(p for p in bench.iterdir() if p.is_dir()) if bench.exists() else []:
-        files = list(stage.glob("*.tsv"))
-        total = sum(float(pd.read_csv(f, sep="\t")["s"].iloc[0]) for f in files)
-        out.append((stage.name, len(files), total))
+        files = sorted(stage.rglob("*.tsv"))
+        out.append((stage.name, len(files), *read(files)))
     top = bench / "report.tsv"
     if top.exists():
-        out.append(("report", 1, float(pd.read_csv(top, sep="\t")["s"].iloc[0])))
+        out.append(("report", 1, *read([top])))
     return out
 
 
@@ -297,11 +304,13 @@ def main(argv=None) -> int:
     lines += victim_lines(results)
     lines += [
         "\n## Runtime per stage (Snakemake benchmark files)\n",
-        "| stage | jobs | seconds (sum) |",
-        "|---|---|---|",
+        "Job seconds: each job's wall time, summed over the stage's jobs (jobs run side by side, so this is not the "
+        "stage's wall time); CPU seconds: their core-seconds.\n",
+        "| stage | jobs | job seconds (sum) | CPU seconds (sum) |",
+        "|---|---|---|---|",
     ]
-    for stage, jobs, seconds in runtimes(Path(args.benchmarks)):
-        lines.append(f"| {stage} | {jobs} | {seconds:.1f} |")
+    for stage, jobs, seconds, cpu in runtimes(Path(args.benchmarks)):
+        lines.append(f"| {stage} | {jobs} | {seconds:.1f} | {cpu:.1f} |")
     lines += ["\n## Figures\n"] + [
         f"- [{f.name}]({f.name})" for f in sorted(Path(args.out).parent.glob("*.png"))
     ]

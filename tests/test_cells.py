@@ -107,7 +107,7 @@ def test_a_cell_rerun_for_one_target_keeps_its_seeds(tmp_path):
     spec["selection"] = {**spec["selection"], "users": 2, "names": ["0", "1"]}
     full = cells.run_cell(spec, "noise-0.01", tmp_path, log=lambda _: None)
     rerun = cells.run_cell(spec, "noise-0.01", tmp_path, only=["1"], log=lambda _: None)
-    keys = ("psnr", "restart_losses", "defense", "privacy", "attack_seed", "half_budget_run", "snapshots")
+    keys = ("psnr", "restart_losses", "defense", "privacy", "attack_seed", "double_budget_run", "snapshots")
     assert [r["target"] for r in rerun] == ["1"]
     assert {k: rerun[0][k] for k in keys} == {k: full[1][k] for k in keys}
     assert full[1]["defense"]["seed"] == spec["seed"] + 1 and full[1]["status"] == "ok"

@@ -102,3 +102,13 @@ def test_tables_gather_the_seeds_of_a_cell_and_name_a_missing_seed(tmp_path):
     assert table.loc[0, "seeds"] == 2 and table.loc[0, "n"] == 2
     _, table = tables(records[:1], "table1", missing={"LeNetZhu_untrained_zhu/seed1": 1})
     assert table.loc[0, "status"] == "not run" and "seed1/images.pt" in table.loc[0, "reason"]
+
+
+def test_distinct_images_give_each_seed_the_next_images():
+    config = _config(victim_seeds=3, distinct_images=True)
+    config["experiments"]["table1"]["images"] = 2
+    runs = plan.plan(config)["table1"]
+    names = [runs[f"LeNetZhu_untrained_ours/seed{k}"]["selection"]["names"] for k in range(3)]
+    assert names == [["0", "1"], ["2", "3"], ["4", "5"]]
+    config["experiments"]["table1"]["images"] = 7  # 21 images: beyond the 20 embedded ones
+    assert any("holds 20" in p for p in plan.check(config))

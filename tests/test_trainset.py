@@ -174,7 +174,9 @@ def test_convergence_from_snapshots():
     assert convergence(failed, 1.0)["converged"] is True  # a failure counts as 0 dB: no gain, and it shows
     assert convergence(pd.DataFrame({"snapshots": ["[]"]}), 1.0)["converged"] is None
     # A run at twice the budget measures the doubling, not the kept iterates.
-    doubled = pd.DataFrame({"snapshots": [json.dumps([[2, 10.0], [4, 20.0]])], "psnr": [20.0], "psnr_2x": [20.5]})
+    doubled = pd.DataFrame(
+        {"snapshots": [json.dumps([[2, 10.0], [4, 20.0]])], "psnr": [20.0], "psnr_2x": [20.5]}
+    )
     verdict = convergence(doubled, 1.0)
     assert verdict["converged"] is True and verdict["convergence_basis"] == "2x run"
 

@@ -81,7 +81,7 @@ def export_figure_data(results_dir: str | Path, out_dir: str | Path, keep: int =
         (out_dir / cell).mkdir(exist_ok=True)
         io.save_tensors({**store, "targets": {t: targets[t] for t in wanted}}, out_dir / cell / "images.pt")
         for target in wanted:
-            record = results_dir / cell / f"{target}.json"
+            record = results_dir / targets[target].get("run", cell) / f"{target}.json"
             if record.is_file():
                 shutil.copy2(record, out_dir / cell / record.name)
     return out_dir
@@ -111,10 +111,23 @@ def setup(results_dir: str | Path, config_label: str):
 
 
 def load_cell_images(results_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """``{cell: images.pt content}`` for every cell folder under ``results_dir``."""
-    out = {}
-    for path in sorted(Path(results_dir).glob("*/images.pt")):
-        out[path.parent.name] = io.load_tensors(path)
+    """``{cell: images.pt content}`` for every cell folder under ``results_dir``; a cell of several victim seeds
+    (``<cell>/seed<k>/images.pt``) gives its seeds' targets merged (the first seed's where a target repeats), each
+    with the folder it came from (``"run"``)."""
+    out: dict[str, dict[str, Any]] = {}
+    root = Path(results_dir)
+    for path in sorted(root.glob("*/images.pt")) + sorted(root.glob("*/seed*/images.pt")):
+        run = path.parent.relative_to(root).as_posix()
+        cell = run.split("/")[0]
+        store = io.load_tensors(path)
+        if cell not in out:
+            out[cell] = {**store, "targets": {}}
+        if not isinstance(store, dict):
+            continue
+        for target, images in (store.get("targets") or {}).items():
+            out[cell]["targets"].setdefault(target, {**images, "run": run})
+        if store.get("status") == "ok":
+            out[cell]["status"] = "ok"
     return out
 
 

@@ -24,6 +24,7 @@ from . import registry
 from .registry.base import (
     CACHE_DIR,
     VICTIM_DIR,
+    distinct_images,
     double_budget,
     split_cache,
     victim_path,
@@ -101,11 +102,15 @@ def seeded_cells(config: dict, block: dict, cells) -> dict[str, dict[str, Any]]:
     untrained victim, trains its own trained one, seeds the attack and the users' defense noise. With one seed a
     cell is one job (``<cell>``); with several, each seed is a job ``<cell>/seed<k>`` writing its own folder, and
     its records name the cell, the seed and the job (``run``), so tables and claims gather the seeds of a cell.
-    Every spec also says whether the cell runs at twice its budget too."""
+    Every spec also says whether the cell runs at twice its budget too. With ``distinct_images`` (a block with a
+    ``start`` and a number of ``images``), seed ``k`` attacks the ``images`` after seed ``k - 1``'s, so the seeds'
+    images are distinct; otherwise every seed attacks the same images."""
     seeds, double = victim_seeds(config, block), double_budget(config, block)
+    shift = distinct_images(config, block) and isinstance(block.get("images"), int) and "start" in block
     out = {}
-    for seed in seeds:
-        for name, spec in cells({**config, "seed": seed}, block).items():
+    for k, seed in enumerate(seeds):
+        own = {**block, "start": block["start"] + k * block["images"]} if shift else block
+        for name, spec in cells({**config, "seed": seed}, own).items():
             run = name if len(seeds) == 1 else f"{name}/seed{seed}"
             if spec["victim"] and len(seeds) > 1:
                 spec["victim"] = victim_path(spec["model"], spec["dataset"], spec["epochs"], seed)
@@ -244,11 +249,10 @@ def _data_problems(config: dict, cells: dict) -> list[str]:
         if used and folder is not None and not folder.is_dir():
             problems.append(f"data.val.{dataset}: image folder {folder} does not exist")
     for experiment, exp in cells.items():  # the embedded sources hold 20 images (indices 0-19)
-        if not exp:
-            continue
-        spec = next(iter(exp.values()))
-        sel = spec["selection"]
-        if spec["val_source"].startswith("embedded-"):
+        for spec in exp.values():
+            sel = spec["selection"]
+            if not spec["val_source"].startswith("embedded-"):
+                continue
             last = (
                 max(sel["indices"])
                 if sel["rule"] == "list"
@@ -259,6 +263,7 @@ def _data_problems(config: dict, cells: dict) -> list[str]:
                     f"experiments.{experiment}: needs images up to index {last} but {spec['val_source']} holds "
                     f"{EMBEDDED_IMAGES} (indices 0-{EMBEDDED_IMAGES - 1})"
                 )
+                break
     for dataset, source in config["data"]["train"].items():
         folder = image_folder_path(source)
         archive = config["data"]["archives"].get(dataset)

@@ -161,6 +161,7 @@ def config_schema(base: dict[str, Any]) -> dict[str, Any]:
 REPLICATE_KEYS = {
     "victim_seeds": {"$ref": "#/$defs/victim_seeds"},
     "double_budget": {"$ref": "#/$defs/double_budget"},
+    "distinct_images": {"$ref": "#/$defs/distinct_images"},
 }
 
 

@@ -98,6 +98,11 @@ def victim_seeds(config: dict, block: dict) -> list[int]:
     return [config["seed"] * count + k for k in range(count)]
 
 
+def distinct_images(config: dict, block: dict) -> bool:
+    """Does each victim seed attack its own images (the next ``images`` after the previous seed's)?"""
+    return bool(block.get("distinct_images", config.get("distinct_images", False)))
+
+
 def double_budget(config: dict, block: dict) -> bool:
     """Does every cell of the experiment also run at twice its budget (``double_budget``, block over config)?"""
     return bool(block.get("double_budget", config.get("double_budget", False)))
