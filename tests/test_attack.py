@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from rounding import LOSS_RTOL, rounding_close
 
 from invgrad import GradientReconstructor, make_config, metrics, shared_gradient
 from invgrad.attack import engine, resume
@@ -79,8 +80,12 @@ def test_several_experiments_in_one_call_equal_separate_calls(on_device, cifar_s
         alone, alone_stats = GradientReconstructor(
             lenet, cifar_stats, _config(restarts=2, max_iterations=15, seed=3 + i)
         ).reconstruct(updates[i], labels[i : i + 1])
-        assert alone_stats["restart_losses"] == pytest.approx(stats["restart_losses"][i], rel=1e-4, abs=1e-6)
-        assert torch.allclose(alone, together[i], atol=1e-4)
+        assert alone_stats["restart_losses"] == pytest.approx(
+            stats["restart_losses"][i], rel=LOSS_RTOL, abs=1e-6
+        )
+        # 15 signed steps: on an AVX-512 Xeon one of the three kept only 78 % of its pixels within 1e-4 (sign flips
+        # compound); another seed's start agrees nowhere, so half the pixels still tell the seed rule apart
+        assert rounding_close(alone, together[i], share=0.5)
 
 
 def test_non_finite_restart_is_counted_and_never_chosen(lenet, cifar_stats):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from rounding import LOSS_RTOL, rounding_close
 
 from invgrad import GradientReconstructor, make_config, shared_gradient
 from invgrad.attack import engine, evaluation, handwritten, memory, objectives, resume
@@ -356,9 +357,9 @@ def test_a_memory_limit_cuts_the_candidates_into_groups_that_fit(
     cut, cut_stats = _attack(lenet, cifar_samples, cifar_stats, memory_limit=limit)
     assert len(allowed) == 1 and 1 <= allowed[0] < 6
     assert sizes[0] == 2 and all(s <= allowed[0] for s in sizes[1:]) and sum(sizes[1:]) == 6  # [0]: the probe
-    assert torch.allclose(cut, whole, atol=1e-4)
+    assert rounding_close(cut, whole)
     assert torch.allclose(
-        torch.tensor(cut_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
+        torch.tensor(cut_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=LOSS_RTOL
     )
 
 
@@ -414,9 +415,9 @@ def test_a_group_out_of_memory_is_split_and_redone(lenet, cifar_samples, cifar_s
         2,
         2,
     ]  # all 6 fail; halves of 1 and 2 experiments (×2 restarts); the 4 is split again
-    assert torch.allclose(split, whole, atol=1e-4)
+    assert rounding_close(split, whole)
     assert torch.allclose(
-        torch.tensor(split_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=1e-4
+        torch.tensor(split_stats["restart_losses"]), torch.tensor(stats["restart_losses"]), rtol=LOSS_RTOL
     )
 
 
