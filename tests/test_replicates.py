@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(**top):
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    for key in ("victim_seeds", "distinct_images", "double_budget"):  # test.yaml's Table 1 restates one seed
+        config["experiments"]["table1"].pop(key, None)
     config.update(top)
     return config
 
