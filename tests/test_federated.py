@@ -300,3 +300,16 @@ def test_fedsgd_attacker_is_the_same_api(lenet, cifar_samples, cifar_stats):
         shared_gradient(lenet, images[:1], labels[:1]), labels[:1], (3, 32, 32)
     )
     assert out.shape == (1, 3, 32, 32) and stats["threat_model"] == {"threat_model": "fedsgd"}
+
+
+def test_update_cosine_is_one_for_a_single_step_and_falls_as_local_steps_move_the_weights(
+    lenet, cifar_samples
+):
+    from invgrad.replication.cells import update_cosine
+
+    x, y = cifar_samples[0][:4], cifar_samples[1][:4]
+    gradient = shared_gradient(lenet, x, y)
+    one = update_cosine(local_update(lenet, x, y, 1, 1e-4), gradient)
+    assert one == pytest.approx(1.0, abs=1e-6)
+    moved = update_cosine(local_update(lenet, x, y, 8, 1e-1, batch_size=1), gradient)
+    assert moved < 0.9

@@ -83,6 +83,17 @@ def test_hungarian_matching_restores_the_pairing():
     assert min(out["psnr"]) == pytest.approx(40.0, abs=1e-3)
 
 
+def test_known_labels_pair_candidates_only_within_their_label():
+    truth = torch.stack([torch.full((3, 8, 8), v) for v in (0.1, 0.5, 0.9)])
+    rec = truth[[2, 0, 1]] + 0.01  # every candidate looks like another label's truth
+    distinct = metrics.image_metrics(rec, truth, match=True, labels=torch.tensor([0, 1, 2]))
+    assert distinct["order"] == [0, 1, 2] and distinct["pairing"] == "hungarian within labels"
+    same = metrics.image_metrics(rec, truth, match=True, labels=torch.tensor([4, 4, 4]))
+    assert same["order"] == [1, 2, 0]  # one label: free to pair as the PSNR says
+    two = metrics.image_metrics(rec, truth, match=True, labels=torch.tensor([3, 4, 3]))
+    assert two["order"][1] == 1 and sorted(two["order"]) == [0, 1, 2]
+
+
 def test_label_accuracy_is_order_free():
     assert metrics.label_accuracy([3, 1, 2], [1, 2, 3]) == 1.0
     assert metrics.label_accuracy([1, 1], [1, 2]) == 0.5

@@ -64,10 +64,13 @@ def label_accuracy(predicted: Sequence[int] | torch.Tensor, truth: Sequence[int]
     return hits / len(truth)
 
 
-def match_images(rec: torch.Tensor, truth: torch.Tensor) -> list[int]:
+def match_images(rec: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor | None = None) -> list[int]:
     """Hungarian pairing maximising total PSNR: order[i] is the reconstruction matched to truth image i.
 
-    A batch reconstruction has no canonical order, so images are paired before scoring.
+    A batch reconstruction has no canonical order, so images are paired before scoring. With the labels known
+    (``labels``: truth image i's label, which candidate i was optimised with) a candidate is only paired with a
+    truth of its own label: images of distinct labels keep the identity pairing, and only same-label candidates,
+    which the objective cannot tell apart, may swap.
     """
     n = truth.shape[0]
     cost = np.zeros((n, n))
@@ -75,6 +78,8 @@ def match_images(rec: torch.Tensor, truth: torch.Tensor) -> list[int]:
         for j in range(n):
             value = float(psnr_per_image(rec[j : j + 1], truth[i : i + 1])[0])
             cost[i, j] = -value if math.isfinite(value) else 1e9
+            if labels is not None and int(labels[i]) != int(labels[j]):
+                cost[i, j] = 1e12
     rows, cols = linear_sum_assignment(cost)
     return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
 
@@ -176,17 +181,22 @@ def lpips_or_reason(rec: torch.Tensor, truth: torch.Tensor, net: str = "alex") -
     return reason if reason is not None else lpips_per_image(rec, truth, net).tolist()
 
 
-def image_metrics(rec: torch.Tensor, truth: torch.Tensor, match: bool = False) -> dict:
+def image_metrics(
+    rec: torch.Tensor, truth: torch.Tensor, match: bool = False, labels: torch.Tensor | None = None
+) -> dict:
     """Per-image PSNR/MSE/SSIM/LPIPS on [0, 1] images (optionally after Hungarian matching) and their means.
+
+    ``labels`` (known to the attacker): matching pairs only candidates and truths of one label (:func:`match_images`).
 
     ``lpips`` and ``lpips_mean`` hold the "n/a: ..." text of :func:`lpips_or_reason` when LPIPS is unavailable.
     """
-    order = match_images(rec, truth) if match else list(range(truth.shape[0]))
+    order = match_images(rec, truth, labels) if match else list(range(truth.shape[0]))
+    pairing = ("hungarian within labels" if labels is not None else "hungarian") if match else "identity"
     rec = rec[order]
     psnr, mse, ssim = psnr_per_image(rec, truth), mse_per_image(rec, truth), ssim_per_image(rec, truth)
     lpips = lpips_or_reason(rec, truth)  # a list, or the reason text
     return {
-        "pairing": "hungarian" if match else "identity",
+        "pairing": pairing,
         "order": order,
         "psnr": psnr.tolist(),
         "mse": mse.tolist(),

@@ -94,19 +94,29 @@ def share_updates(model, truths, labels, threat: Threat, seed: int, first_user: 
     updates, facts = [], []
     privacy = None
     for j, (x, y) in enumerate(zip(truths, labels, strict=True)):
+        fact = {}
         if threat.local_steps > 0:
             update = local_update(model, x, y, threat.local_steps, threat.local_lr, threat.batch_size)
+            fact["update_cosine"] = update_cosine(update, shared_gradient(model, x, y))
         else:
             update = shared_gradient(model, x, y, loss_scale=threat.loss_scale)
         defense = threat.defense_for(seed + first_user + j)
         if defense is None:
             updates.append(update)
-            facts.append({})
+            facts.append(fact)
             continue
         privacy = privacy or defense.privacy(threat.delta)  # the same for every user: computed once
         updates.append(defense.apply(update))
-        facts.append({"defense": defense.as_dict(), "privacy": privacy})
+        facts.append({**fact, "defense": defense.as_dict(), "privacy": privacy})
     return updates, facts
+
+
+def update_cosine(update: Sequence[torch.Tensor], gradient: Sequence[torch.Tensor]) -> float:
+    """Cosine of a FedAvg update's descent direction (−Δθ) with the single full-batch gradient at θ_0: 1.0 means
+    the local steps shared what one gradient would (FedSGD in disguise); lower, that they moved the weights."""
+    a = torch.cat([-t.detach().flatten().double() for t in update])
+    b = torch.cat([t.detach().flatten().double() for t in gradient])
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
 def reconstructor(model, normalisation, threat: Threat, attack_config: dict, num_images: int, progress=False):
@@ -167,7 +177,8 @@ def attack_and_score(
     results = []
     for j, (truth, label) in enumerate(zip(truths, labels, strict=True)):
         truth01, rec01 = metrics.to_unit_range(truth, dm, ds), metrics.to_unit_range(outputs[j], dm, ds)
-        scores = metrics.image_metrics(rec01, truth01, match=num_images > 1)
+        known = label.cpu() if threat.labels == "known" else None  # known labels pair candidates by label
+        scores = metrics.image_metrics(rec01, truth01, match=num_images > 1, labels=known)
         failed = metrics.attack_failed(outputs[j])
         prior = metrics.psnr_per_image(metrics.to_unit_range(torch.zeros_like(truth), dm, ds), truth01)
         record = {

@@ -119,6 +119,8 @@ def _cell_entry(ran: pd.DataFrame, convergence_db: float) -> dict:
     for extra in ("epsilon", "psnr_max"):
         if extra in ran.columns:
             entry[extra] = ran[extra].iloc[0]
+    if "update_cosine" in ran.columns:  # FedAvg: how far the local steps moved from one gradient, over users
+        entry["update_cosine"] = float(pd.to_numeric(ran.update_cosine).mean())
     entry.update(convergence(ran, convergence_db))
     return entry
 

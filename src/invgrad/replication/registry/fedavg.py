@@ -60,6 +60,7 @@ def row(spec: dict, record: dict) -> dict:
         "images": k,
         "batch_size": fed["batch_size"],
         "local_epochs": epochs,
+        "update_cosine": record.get("update_cosine"),
     }
 
 
@@ -91,7 +92,7 @@ EXPERIMENT = Experiment(
     schema=SCHEMA,
     cells=cells,
     row=row,
-    columns=("local_steps", "local_lr", "images", "batch_size", "local_epochs"),
+    columns=("local_steps", "local_lr", "images", "batch_size", "local_epochs", "update_cosine"),
     group_keys=("local_steps", "local_lr", "images", "batch_size", "local_epochs"),
     figures=("fedavg_heatmap", "fedavg_grid", "fedavg_convergence"),
     claims=CLAIMS,
