@@ -253,7 +253,9 @@ def runtimes(bench: Path) -> list[tuple[str, int, float, float]]:
 
 
 def source_commit(folder: str | Path = ".") -> str:
-    """The commit the report is made from (with "+ local changes" when tracked files differ from it), or why not."""
+    """The commit the report is made from (with "+ local changes" when tracked files differ from it), or why not.
+
+    figures/ is left out: the run itself rewrites the committed figures before this report is written."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=False)
@@ -262,7 +264,7 @@ def source_commit(folder: str | Path = ".") -> str:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return "unknown (not a git checkout)"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)figures")
     return f"{commit[:12]}" + (" + local changes" if dirty else "")
 
 

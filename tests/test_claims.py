@@ -650,6 +650,24 @@ def test_gates_are_typed_values():
     assert len(set(C.GateKind)) == len(C.GateKind.__members__)  # no kind is an alias of another
 
 
+def test_the_runs_own_figures_are_not_local_changes_but_code_is(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "claims.csv").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    (tmp_path / "figures" / "claims.csv").write_text("new\n")  # what the pipeline rewrites
+    assert "local changes" not in make_report.source_commit(tmp_path)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert make_report.source_commit(tmp_path).endswith(" + local changes")
+
+
 def test_the_report_names_the_commit_and_config_it_was_made_from(tmp_path):
     import subprocess
 

@@ -183,7 +183,9 @@ def _claimed_cells() -> dict[str, dict[str, str]]:
     with CLAIMS.open(newline="") as handle:
         for row in csv.DictReader(handle):
             names, ours = row["cells"].split(" vs "), row["ours"]
-            pair = re.fullmatch(rf"({NUMBER}) vs ({NUMBER}) dB", ours)
+            pair = re.match(
+                rf"({NUMBER}) vs ({NUMBER}) dB(?:;|$)", ours
+            )  # "; DLG ... below 18 dB" may follow
             alone = re.match(rf"({NUMBER})(?: ± ({NUMBER}))? dB", ours)
             if len(names) == 2 and pair:
                 state(names[0], "mean", pair[1])
@@ -230,7 +232,9 @@ def test_readme_table1_numbers_are_those_of_claims_csv():
         if number[2]:
             assert number[2] == stated.get(keys[1]), (label, column, value, stated)
         checked += 1
-    assert checked >= 6, f"only {checked} numbers of README's Table 1 checked"
+    assert checked >= 5, (
+        f"only {checked} numbers of README's Table 1 checked"
+    )  # 2 methods × 2 victims + paper
 
 
 def test_readme_results_quote_only_the_report():
@@ -243,10 +247,12 @@ def test_readme_results_quote_only_the_report():
     quoted = re.findall(r"(?<![\d.])[+-]?\d+\.\d\d(?!\d)", section)
     assert quoted, "README's results quote no number"
     assert not [q for q in quoted if q not in stated], "README quotes numbers that the report does not state"
-    accuracy = re.search(r"trained \((\d+\.\d) %\)", section)
-    victim = re.search(r"CIFAR10/LeNetZhu_e\d+ .*\| (0\.\d+) on \d+ \|", REPORT.read_text())
-    assert accuracy and victim, "the trained victim's accuracy is missing from README.md or REPORT.md"
-    assert f"{100 * float(victim[1]):.1f}" == accuracy[1]
+    # the trained victims' held-out accuracy: one number, or the range over the victim seeds ("61.5–64.6 %")
+    accuracy = re.search(r"trained \((\d+\.\d)(?:–(\d+\.\d))? %\)", section)
+    victims = re.findall(r"CIFAR10/LeNetZhu_e\d+(?:_s\d+)? .*\| (0\.\d+) on \d+ \|", REPORT.read_text())
+    assert accuracy and victims, "the trained victims' accuracy is missing from README.md or REPORT.md"
+    shown = [f"{100 * float(v):.1f}" for v in sorted(victims, key=float)]
+    assert (accuracy[1], accuracy[2] or accuracy[1]) == (shown[0], shown[-1]), (accuracy.groups(), shown)
 
 
 def test_readme_stays_a_users_page():
