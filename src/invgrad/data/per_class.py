@@ -24,10 +24,10 @@ from pathlib import Path
 
 from .catalog import _EMBEDDED_PREFIX, _FIRST_PER_CLASS_PREFIX, DATASETS, dataset_info
 from .sources import (
-    _IMAGE_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    EvalTransform,
     ImageFileDataset,
-    _check_split,
-    _EvalTransform,
+    check_split,
     embedded_data_dir,
     existing_folder,
 )
@@ -106,7 +106,7 @@ def first_per_class(
     per_folder = {}
     for name in classes:
         files = sorted(
-            f for f in (folder / name).iterdir() if f.is_file() and f.suffix.lower() in _IMAGE_EXTENSIONS
+            f for f in (folder / name).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
         )
         if len(files) < per_class:
             raise ValueError(
@@ -127,7 +127,7 @@ def first_per_class(
         info,
         files,
         labels,
-        _EvalTransform(info),
+        EvalTransform(info),
         exact=exact,
         number=number,
     )
@@ -137,7 +137,7 @@ def load(path: str, split: str, stats, train_augment: bool, root) -> FirstPerCla
     """The :func:`invgrad.data.load_dataset` factory of ``first-per-class:<path>`` (test split only)."""
     if not path:
         raise ValueError(f"{_FIRST_PER_CLASS_PREFIX}<path> needs a path")
-    if _check_split(split, train_augment) != "val":
+    if check_split(split, train_augment) != "val":
         raise ValueError(f"{_FIRST_PER_CLASS_PREFIX}{path} holds only test images; use split='val'")
     if stats is None:
         raise ValueError(

@@ -163,7 +163,7 @@ def _resize_crop(
     return TF.center_crop(img, [h, w])
 
 
-class _EvalTransform:
+class EvalTransform:
     """Deterministic pipeline: (resize+crop if needed) -> [0,1] tensor -> normalise.
 
     A class rather than a closure so that DataLoader workers can pickle it under any start method.
@@ -267,7 +267,7 @@ class TorchvisionDataset(LabelledDataset):
         return self.transform(_to_rgb(img)), int(label)
 
 
-def _check_split(split: str, train_augment: bool) -> str:
+def check_split(split: str, train_augment: bool) -> str:
     """Normalise the split name ("test" is accepted as an alias of "val")."""
     s = split.lower()
     if s == "test":
@@ -292,7 +292,7 @@ def _embedded(
 ) -> ImageFileDataset:
     """The 20 embedded test images of one data set, sorted by their test-set index."""
     name = _EMBEDDED_PREFIX + key
-    if _check_split(split, train_augment) != "val":
+    if check_split(split, train_augment) != "val":
         raise ValueError(f"{name} holds only test images; use split='val'")
     info = _check_stats(stats, key, name)
     folder = embedded_data_dir()
@@ -306,7 +306,7 @@ def _embedded(
         raise FileNotFoundError(f"no {prefix}_*.{ext} images in {folder}: pip install foolbox==3.3.4")
     found.sort()
     return ImageFileDataset(
-        name, info, [f for _, _, f in found], [y for _, y, _ in found], _EvalTransform(info)
+        name, info, [f for _, _, f in found], [y for _, y, _ in found], EvalTransform(info)
     )
 
 
@@ -315,7 +315,7 @@ def _torchvision_cifar(key: str, split: str, stats, train_augment: bool, root) -
     checksums); offline it fails within seconds with the alternatives."""
     import torchvision.datasets as tvd
 
-    s = _check_split(split, train_augment)
+    s = check_split(split, train_augment)
     info = _check_stats(stats, key, key)
     root = Path(root) if root is not None else default_root()
     cls = tvd.CIFAR10 if key == "CIFAR10" else tvd.CIFAR100
@@ -328,11 +328,11 @@ def _torchvision_cifar(key: str, split: str, stats, train_augment: bool, root) -
             f"{key} is not under {root} and could not be downloaded ({reason}); offline alternatives: "
             f"{_EMBEDDED_PREFIX}{key} (20 images, offline), an image folder via {_FOLDER_PREFIX}<path>"
         ) from err
-    transform = _TrainTransform(info) if train_augment else _EvalTransform(info)
+    transform = _TrainTransform(info) if train_augment else EvalTransform(info)
     return TorchvisionDataset(key, info, base, transform)
 
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _SPLIT_DIRS = {"val": ("val", "test"), "train": ("train",)}
 
 
@@ -354,7 +354,7 @@ def _image_folder(path: str, split: str, stats, train_augment: bool, root) -> Im
     ``stats`` (e.g. the CIFAR-10 folders), labels are those names' standard indices even for a subset of
     classes; otherwise labels are the alphabetical folder order (as in torchvision's ImageFolder).
     """
-    s = _check_split(split, train_augment)
+    s = check_split(split, train_augment)
     if stats is None:
         raise ValueError(
             f"{_FOLDER_PREFIX}{path} needs stats= (one of {', '.join(DATASETS)}) for normalisation"
@@ -385,12 +385,12 @@ def _image_folder(path: str, split: str, stats, train_augment: bool, root) -> Im
     files, labels = [], []
     for c in subdirs:
         for f in sorted((folder / c).rglob("*")):
-            if f.suffix.lower() in _IMAGE_EXTENSIONS and f.is_file():
+            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
                 files.append(f)
                 labels.append(class_to_idx[c])
     if not files:
-        raise ValueError(f"image folder {folder} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
-    transform = _TrainTransform(info) if train_augment else _EvalTransform(info)
+        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    transform = _TrainTransform(info) if train_augment else EvalTransform(info)
     return ImageFileDataset(f"{_FOLDER_PREFIX}{folder}", info, files, labels, transform)
 
 
