@@ -15,7 +15,7 @@ from invgrad.attack.engine import gradient_simulator, split_parameters
 from invgrad.attack.fedavg import fedavg_simulator
 from invgrad.attack.objectives import cosine_distance
 from invgrad.protocol import local_epochs, minibatch_slices
-from invgrad.user.fedavg import local_update
+from invgrad.user.fedavg import local_update, update_cosine
 from invgrad.victim.models import build_model
 
 
@@ -305,8 +305,6 @@ def test_fedsgd_attacker_is_the_same_api(lenet, cifar_samples, cifar_stats):
 def test_update_cosine_is_one_for_a_single_step_and_falls_as_local_steps_move_the_weights(
     lenet, cifar_samples
 ):
-    from invgrad.replication.cells import update_cosine
-
     x, y = cifar_samples[0][:4], cifar_samples[1][:4]
     gradient = shared_gradient(lenet, x, y)
     one = update_cosine(local_update(lenet, x, y, 1, 1e-4), gradient)

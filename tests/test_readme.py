@@ -183,9 +183,8 @@ def _claimed_cells() -> dict[str, dict[str, str]]:
     with CLAIMS.open(newline="") as handle:
         for row in csv.DictReader(handle):
             names, ours = row["cells"].split(" vs "), row["ours"]
-            pair = re.match(
-                rf"({NUMBER}) vs ({NUMBER}) dB(?:;|$)", ours
-            )  # "; DLG ... below 18 dB" may follow
+            # "; DLG ... below 18 dB" may follow the pair
+            pair = re.match(rf"({NUMBER}) vs ({NUMBER}) dB(?:;|$)", ours)
             alone = re.match(rf"({NUMBER})(?: ± ({NUMBER}))? dB", ours)
             if len(names) == 2 and pair:
                 state(names[0], "mean", pair[1])
@@ -232,9 +231,8 @@ def test_readme_table1_numbers_are_those_of_claims_csv():
         if number[2]:
             assert number[2] == stated.get(keys[1]), (label, column, value, stated)
         checked += 1
-    assert checked >= 5, (
-        f"only {checked} numbers of README's Table 1 checked"
-    )  # 2 methods × 2 victims + paper
+    # 2 methods × 2 victims + the paper's number
+    assert checked >= 5, f"only {checked} numbers of README's Table 1 checked"
 
 
 def test_readme_results_quote_only_the_report():

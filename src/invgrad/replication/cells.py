@@ -34,7 +34,7 @@ from ..attack.reconstructor import GradientReconstructor
 from ..devices import checked_device
 from ..io import load_tensors, save_json, save_tensors
 from ..user.defenses import Defense
-from ..user.fedavg import local_update
+from ..user.fedavg import local_update, update_cosine
 from ..user.gradient import shared_gradient
 from ..victim.models import build_model
 from ..victim.training import NOT_RUN, load_checkpoint
@@ -109,14 +109,6 @@ def share_updates(model, truths, labels, threat: Threat, seed: int, first_user: 
         updates.append(defense.apply(update))
         facts.append({**fact, "defense": defense.as_dict(), "privacy": privacy})
     return updates, facts
-
-
-def update_cosine(update: Sequence[torch.Tensor], gradient: Sequence[torch.Tensor]) -> float:
-    """Cosine of a FedAvg update's descent direction (−Δθ) with the single full-batch gradient at θ_0: 1.0 means
-    the local steps shared what one gradient would (FedSGD in disguise); lower, that they moved the weights."""
-    a = torch.cat([-t.detach().flatten().double() for t in update])
-    b = torch.cat([t.detach().flatten().double() for t in gradient])
-    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
 def reconstructor(model, normalisation, threat: Threat, attack_config: dict, num_images: int, progress=False):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..protocol import check_schedule, minibatch_slices
@@ -48,3 +50,11 @@ def local_update(
     finally:
         model.train(was_training)
     return out
+
+
+def update_cosine(update: Sequence[torch.Tensor], gradient: Sequence[torch.Tensor]) -> float:
+    """Cosine of a FedAvg update's descent direction (−Δθ) with the single full-batch gradient at θ_0: 1.0 means
+    the local steps shared what one gradient would (FedSGD in disguise); lower, that they moved the weights."""
+    a = torch.cat([-t.detach().flatten().double() for t in update])
+    b = torch.cat([t.detach().flatten().double() for t in gradient])
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-DECISIVE = ("supported", "contradicted")
+from .decide import VERDICTS
+
+DECISIVE = VERDICTS[:2]  # supported, contradicted
+JUDGED = VERDICTS[:3]  # ... and inconclusive: what a run with evidence can say
 COLUMNS = ("claim", "setting", "verdict", "verdict_other_seed", "change")
 
 
@@ -19,7 +22,7 @@ def change(verdict: str, other: str) -> str:
         return "same"
     if verdict in DECISIVE and other in DECISIVE:
         return "swap"
-    if {verdict, other} <= {*DECISIVE, "inconclusive"}:
+    if {verdict, other} <= set(JUDGED):
         return "move"
     return "other"
 
