@@ -33,6 +33,7 @@ def test_analytic_notebook_executes_with_nbconvert(tmp_path):
     params = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     params["source"] = (
         f'results_dir = "{results}"\nfigures_dir = "{figures}"\nconfig_label = "tiny test table"\n'
+        "recovered_psnr = 18.0\n"
     )
     (tmp_path / "analytic.ipynb").write_text(json.dumps(notebook))
 

@@ -58,7 +58,7 @@ def _columns(n: int, rows_per_block: int, cell_w: float, cell_h: float, max_colu
     return best_cols
 
 
-def _image(tensor: torch.Tensor) -> np.ndarray:
+def display_array(tensor: torch.Tensor) -> np.ndarray:
     array = torch.nan_to_num(tensor.detach().float().cpu(), nan=0.0).clamp(0, 1).permute(1, 2, 0).numpy()
     return array[..., 0] if array.shape[-1] == 1 else array
 
@@ -105,11 +105,13 @@ def grid(
     cols = _columns(n, 1 + len(recs), cell_w, block_h / (1 + len(recs)), max_columns)
     blocks = math.ceil(n / cols)
     left = size * 0.35  # row names, written vertically
-    top = size * 0.35 if title else size * 0.1
-    bottom = size * 0.35 if caption else size * 0.05
+    title_lines, caption_lines = (title or "").splitlines() or [""], (caption or "").splitlines() or [""]
+    top = (0.2 + 0.17 * len(title_lines)) if title else size * 0.1
+    bottom = (0.15 + 0.12 * len(caption_lines)) if caption else size * 0.05
     width, height = left + cols * cell_w + size * 0.05, top + blocks * block_h + bottom
     # A title or caption wider than the images widens the page (about 0.6 em per character); images centred.
-    text_width = max(len(title or "") * 10, len(caption or "") * 7) * 0.6 / 72 + 0.3
+    longest = max(max(map(len, title_lines)) * 10, max(map(len, caption_lines)) * 7)
+    text_width = longest * 0.6 / 72 + 0.3
     if text_width > width:
         left, width = left + (text_width - width) / 2, text_width
     fig = Figure(figsize=(width, height))
@@ -123,14 +125,14 @@ def grid(
         for j, i in enumerate(range(b * cols, min(n, (b + 1) * cols))):
             x = left + j * cell_w
             ax = axes_at(x, y + (size * _LABEL_BAND if labels is not None else 0))
-            ax.imshow(_image(ground_truth[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(display_array(ground_truth[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             if labels is not None:
                 ax.set_title(str(labels[i]), fontsize=8 if len(str(labels[i])) <= 14 * size else 6, pad=2)
             if j == 0:
                 ax.set_ylabel(truth_name, fontsize=8)
             for r, (name, rec) in enumerate(zip(names, recs, strict=True)):
                 ax = axes_at(x, y + truth_h + r * rec_h)
-                ax.imshow(_image(rec[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(display_array(rec[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_xlabel(captions[r][i], fontsize=7, labelpad=2)
                 if j == 0:
                     ax.set_ylabel(name, fontsize=8)
@@ -138,9 +140,9 @@ def grid(
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
-        fig.text(0.5, 1 - size * 0.08 / height, title, ha="center", va="top", fontsize=10)
+        fig.text(0.5, 1 - 0.08 / height, title, ha="center", va="top", fontsize=10)
     if caption:
-        fig.text(0.5, size * 0.08 / height, caption, ha="center", va="bottom", fontsize=7, color="0.3")
+        fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=7, color="0.3")
     return fig
 
 

@@ -8,13 +8,10 @@ same, and :func:`save_figure` writes the PNG and PDF files either way (``Figure.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .. import io
 from ..victim.training import NOT_RUN
@@ -22,10 +19,6 @@ from ..victim.training import NOT_RUN
 COMMITTED = Path("figures/data")  # each experiment's figure source data, committed with the figures
 KEPT_TARGETS = 8  # images per cell kept in the committed copy, besides the best, median and worst by PSNR
 TABLES = ("table.csv", "images.csv", "trials.csv")
-# What a reader sees instead of the ids in cell names (one mapping, used by every figure).
-METHOD_NAMES = {"ours": "proposed", "zhu": "DLG", "zhu_halfce": "DLG (user 0.5·CE)"}
-WEIGHT_NAMES = {"untrained": "untrained", "trained": "trained"}
-MODEL_NAMES = {"LeNetZhu": "LeNet (Zhu)"}
 
 
 class NoResults(FileNotFoundError):
@@ -154,76 +147,29 @@ def save_figure(fig, figures_dir: str | Path, stem: str) -> None:
         io.save_figure(fig, figures_dir / f"{stem}.{ext}", dpi=150, bbox_inches="tight")
 
 
-def show_image(ax, tensor: torch.Tensor, title: str = "") -> None:
-    """[C,H,W] in [0,1] on an axis, NaN shown black."""
-    ax.imshow(torch.nan_to_num(tensor.detach().cpu(), nan=0.0).clamp(0, 1).permute(1, 2, 0).numpy())
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
+def save_and_show(fig, figures_dir: str | Path, stem: str) -> None:
+    """Save the figure (:func:`save_figure`) and show it once inline (a pyplot figure is closed after display, so
+    Jupyter's inline backend does not draw it a second time)."""
+    save_figure(fig, figures_dir, stem)
+    try:
+        from IPython.display import display
 
-
-def human_label(cell: str) -> str:
-    """A cell id such as ``LeNetZhu_untrained_zhu_halfce`` as a reader's label ("untrained LeNet (Zhu), DLG (user
-    0.5·CE)"): known model, weight and method ids are named, the other parts joined by spaces."""
-    parts = str(cell).split("_")
-    model = MODEL_NAMES.get(parts[0], parts[0]) if parts else ""
-    rest = parts[1:]
-    weights = WEIGHT_NAMES.get(rest[0]) if rest else None
-    if weights is not None:
-        rest = rest[1:]
-    method_id = "_".join(rest)
-    method = METHOD_NAMES.get(method_id, " ".join(rest))
-    network = f"{weights} {model}" if weights else model
-    return f"{network}, {method}" if method else network
-
-
-def add_footer(fig, text: str, y: float = -0.02) -> None:
-    """The config label (and commit) under the figure (``y`` in figure coordinates), never in its title."""
-    if text:
-        fig.text(0.5, y, text, ha="center", va="top", fontsize=6, color="0.35")
-
-
-def convergence_figure(images_csv, title: str, footer: str = ""):
-    """PSNR of each cell's mean reconstruction against the iterations spent (the snapshots kept during the attack
-    and scored afterwards): one curve per cell, so a reader sees whether its budget was enough."""
+        display(fig)
+    except ImportError:  # plain Python: the files are what matters
+        pass
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ran = images_csv[images_csv.status != NOT_RUN] if images_csv is not None else None
-    if ran is None or ran.empty or "snapshots" not in ran.columns:
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no cell ran", ha="center")
-    else:
-        for cell, rows in ran.groupby("cell", sort=False):
-            curves = [dict((int(i), p) for i, p in json.loads(s)) for s in rows.snapshots.drop_duplicates()]
-            iterations = sorted(set().union(*curves))
-            means = [
-                sum(0.0 if c.get(i) is None or c[i] != c[i] else c[i] for c in curves) / len(curves)
-                for i in iterations
-            ]
-            (line,) = ax.plot(iterations, means, marker="o", label=f"{human_label(cell)} (n={len(curves)})")
-            runs = rows.get("psnr_half_budget_run")
-            if runs is not None and runs.notna().all():  # the same attack run at half the budget
-                half = sum(0.0 if v != v else v for v in runs) / len(runs)
-                ax.plot([iterations[-1] // 2], [half], marker="s", mfc="none", color=line.get_color(), ls="")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
-        ticks = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
-        ax.set_xticks(ticks, [str(t) for t in ticks])  # the snapshot iterations themselves
-        ax.set_xlabel("iterations; □ = the attack run at half the budget")
-        ax.set_ylabel("mean PSNR [dB] (failures as 0)")
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
-    ax.set_title(title, fontsize=8)
-    add_footer(fig, footer, y=-0.17)  # below the legend
-    return fig
+    plt.close(fig)  # a no-op for a Figure pyplot does not manage
 
 
 def not_run_note(table) -> str:
-    """One line naming the cells that were not run and why ('' when all ran)."""
+    """One line naming the cells that were not run, by their reader's labels, and why ('' when all ran)."""
+    from .figures.base import human_label  # figures import this module
+
     if "status" not in table.columns:
         return ""
     missing = table[table.status == NOT_RUN]
     if missing.empty:
         return ""
     reasons = sorted(set(missing.reason))
-    return f"{len(missing)} cell(s) {'; '.join(reasons)}: " + ", ".join(missing.cell)
+    return f"{len(missing)} cell(s) {'; '.join(reasons)}: " + "; ".join(map(human_label, missing.cell))
