@@ -315,26 +315,47 @@ def test_within_tolerance_per_dtype():
     assert out.set_index("setting").statistic["float64"] == 3e-8
 
 
-def test_batch_claim_counts_recovered_images():
+def test_batch_claim_counts_recovered_images_over_independent_batches():
     claim = next(c for c in C.registered_claims() if c.id == "7")
-    prior = list(10 + noise(14, 16))
+    priors = [list(10 + noise(14 + b, 16)) for b in range(3)]
 
-    def batch(values):
-        row = images("R_K16", [float(np.nanmean(values))])
+    def batch(per_batch):
+        row = images("R_K16", [float(np.nanmean(v)) for v in per_batch])
         row["experiment"] = "batch"
-        row["psnr_per_image"] = json.dumps([None if np.isnan(v) else v for v in values])
-        row["psnr_prior_per_image"] = json.dumps(prior)
+        row["target"] = [f"u{b}" for b in range(len(per_batch))]
+        row["psnr_per_image"] = [json.dumps([None if np.isnan(x) else x for x in v]) for v in per_batch]
+        row["psnr_prior_per_image"] = [json.dumps(p) for p in priors[: len(per_batch)]]
         return tables(row, experiment="batch")
 
-    # beats the prior by more than the 3 dB margin (a failed image counts as 0 dB), none above 17.5 dB
-    values = np.minimum(np.array(prior) + 6 + noise(15, 16, 0.5), 17.5)
-    values[0], values[1] = 19.0, np.nan
+    # each batch beats its prior by more than the 3 dB margin (a failed image counts as 0 dB), none above 17.5 dB
+    values = [np.minimum(np.array(p) + 6 + noise(15 + b, 16, 0.5), 17.5) for b, p in enumerate(priors)]
+    values[0][0], values[0][1] = 19.0, np.nan
     row = one(batch(values), claim, recovered=18.0)
-    assert row["verdict"] == "supported" and row["n"] == 16 and row["failures"] == 1
-    assert "1/16 ≥ 18 dB" in row["ours"]
-    values[0] = 17.0
+    assert row["verdict"] == "supported" and row["n"] == 48 and row["failures"] == 1
+    assert "1/48 ≥ 18 dB" in row["ours"] and "3 batches" in row["method"] and "per-batch" in row["method"]
+    values[0][0] = 17.0
     row = one(batch(values), claim, recovered=18.0)
     assert row["verdict"] == "inconclusive" and row["reason"] == "beats the prior but no image ≥ 18 dB"
+    # one batch: its 16 PSNRs come from one joint reconstruction, not 16 samples
+    values[0][0] = 19.0
+    row = one(batch(values[:1]), claim, recovered=18.0)
+    assert row["verdict"] == "not comparable" and "1 batch(es) < 3" in row["reason"]
+
+
+def test_fedavg_users_images_count_singly_clustered_by_user():
+    claim = next(c for c in C.registered_claims() if c.id == "6")
+    rng = np.random.default_rng(3)
+    priors = [list(12 + rng.normal(0, 1, 4)) for _ in range(4)]
+    per_user = [list(np.array(p) + 6 + u + rng.normal(0, 0.3, 4)) for u, p in enumerate(priors)]
+    row = images("n5_lr0.1_K4_B0", [float(np.mean(v)) for v in per_user], [float(np.mean(p)) for p in priors])
+    row["target"] = [f"u{u}" for u in range(4)]
+    row["local_steps"] = 5
+    row["psnr_per_image"] = [json.dumps(v) for v in per_user]
+    row["psnr_prior_per_image"] = [json.dumps(p) for p in priors]
+    out = one(tables(row, experiment="fedavg"), claim)
+    assert out["n"] == 16 and "clustered by update (4 updates)" in out["method"]
+    assert out["method"].startswith("t-test on 4 per-seed mean differences") and out["seeds"] == 1
+    assert out["verdict"] == "supported"
 
 
 def test_width_claim_picks_widest_and_narrowest():
@@ -502,7 +523,7 @@ def test_default_claims_on_every_experiment():
     assert got[("4", "untrained")] == "supported"  # ResNet20-2 vs ResNet20-1, the depth rows ignored
     assert got[("5", "float32")] == "supported" and got[("5", "float64")] == "supported"
     assert got[("6", "n3_lr0.0001_K1_B0")] == "supported" and ("6", "n1_lr0.0001_K1_B0") not in got
-    assert got[("7", "ResNet20_untrained_K12")] == "supported"
+    assert got[("7", "ResNet20_untrained_K12")] == "not comparable"  # one batch: the batch is the unit
     assert got[("8", "LeNetZhu")] == "supported"  # DLG ≈ prior: does not beat it by 3 dB
     assert got[("8b", "")] == "not run"
     assert set(out.claim) == {c.id for c in C.registered_claims()}

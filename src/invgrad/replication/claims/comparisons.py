@@ -109,23 +109,68 @@ def paired_greater(claim: Claim, cells: list[CellData], column: str = "psnr", re
     }
 
 
+def _per_update(cell: CellData, column: str):
+    """Each image's PSNR and prior from the per-image lists of multi-image updates (a FedAvg user, a batch), with
+    the update ``(seed, target)`` as its cluster: one update's images share one reconstruction, so they are not
+    independent samples. A :class:`Gate` where the lists are missing or disagree."""
+    per_image = "psnr_per_image" + column[len("psnr") :]
+    if not _has(cell.images, per_image) or not _has(cell.images, "psnr_prior_per_image"):
+        return _missing(cell, f"{per_image} / psnr_prior_per_image")
+    values, priors, clusters = [], [], []
+    for raw, raw_prior, seed, target in zip(
+        cell.images[per_image],
+        cell.images.psnr_prior_per_image,
+        cell.images[SEED_COLUMN],
+        cell.images.target,
+        strict=True,
+    ):
+        v, p = json.loads(raw), json.loads(raw_prior)
+        if len(v) != len(p):
+            return Gate(GateKind.MISMATCHED_TABLE, f"{cell.name}: {len(v)} PSNRs but {len(p)} priors")
+        values += v
+        priors += p
+        clusters += [f"{seed}/{target}"] * len(v)
+    raw_values = np.array([np.nan if v is None else v for v in values], dtype=float)
+    return raw_values, np.array(priors, dtype=float), np.array(clusters)
+
+
+def _multi_image(cell: CellData) -> bool:
+    lists = cell.images.get("psnr_per_image")
+    return lists is not None and lists.notna().all() and any(len(json.loads(v)) > 1 for v in lists)
+
+
 def _versus_prior(claim: Claim, cells: list[CellData], column: str, recovered: float, sense: int):
+    """Against the mean-colour prior; images of a multi-image update (FedAvg) count singly, clustered by update."""
     (cell,) = _restricted(cells)
     if not _has(cell.images, column):
         return _missing(cell, column)
     if not _has(cell.images, "psnr_prior"):
         return Gate(GateKind.NO_DATA, f"{cell.name} has no psnr_prior column (the mean-colour baseline)")
-    if gate := _few(len(cell.images)):
+    if column == "psnr" and _multi_image(cell):
+        units = _per_update(cell, column)
+        if isinstance(units, Gate):
+            return units
+        raw, raw_prior, clusters = units
+        unit = f", clustered by update ({len(set(clusters))} updates)"
+    else:
+        raw, raw_prior = (
+            cell.images[column].to_numpy(dtype=float),
+            cell.images.psnr_prior.to_numpy(dtype=float),
+        )
+        clusters, unit = cell.images[SEED_COLUMN].to_numpy(), ""
+    if gate := _few(len(raw), "images"):
         return gate
-    x, prior = psnr_for_mean(cell.images[column]), psnr_for_mean(cell.images.psnr_prior)
+    x, prior = psnr_for_mean(raw), psnr_for_mean(raw_prior)
     margin = margin_of(claim)[1].value
-    test = S.paired_test(S.capped(x) - S.capped(prior), margin, cell.images[SEED_COLUMN].to_numpy())
+    test = S.paired_test(S.capped(x) - S.capped(prior), margin, clusters)
     ours = f"{S.capped(x).mean():.2f} dB vs prior {S.capped(prior).mean():.2f} dB"
     return {
         "n": len(x),
-        "failures": int(cell.images[column].isna().sum()),
+        "failures": int(np.isnan(raw).sum()),
         "ours": ours + _dlg_failures(cell, x, recovered),
         **_judge(test, margin, sense),
+        "method": test["method"] + unit,
+        "seeds": len(cell.seeds),
     }
 
 
@@ -163,27 +208,25 @@ def matches_paper(claim: Claim, cells: list[CellData], column: str = "psnr", rec
 
 
 def batch_leaks(claim: Claim, cells: list[CellData], column: str = "psnr", recovered: float = 18.0):
-    """Claim 7: the batch beats the prior per image and at least one image is recovered."""
+    """Claim 7: the batch beats the prior per image and at least one image is recovered. The batch is the unit
+    (its images share one reconstruction): the test needs :data:`~.statistics.MIN_SEEDS_FOR_SEED_TEST`
+    independent batches, and runs on their mean differences."""
     (cell,) = _restricted(cells)
-    per_image = "psnr_per_image" + column[len("psnr") :]
-    if not _has(cell.images, per_image) or not _has(cell.images, "psnr_prior_per_image"):
-        return _missing(cell, f"{per_image} / psnr_prior_per_image")
-    values, priors, seeds = [], [], []
-    for raw, raw_prior, seed in zip(
-        cell.images[per_image], cell.images.psnr_prior_per_image, cell.images[SEED_COLUMN], strict=True
-    ):
-        v, p = json.loads(raw), json.loads(raw_prior)
-        if len(v) != len(p):
-            return Gate(GateKind.MISMATCHED_TABLE, f"{cell.name}: {len(v)} PSNRs but {len(p)} priors")
-        values += v
-        priors += p
-        seeds += [seed] * len(v)
-    raw_values = np.array([np.nan if v is None else v for v in values], dtype=float)
+    units = _per_update(cell, column)
+    if isinstance(units, Gate):
+        return units
+    raw_values, priors, batches = units
     if gate := _few(len(raw_values), "images"):
         return gate
-    x, prior = psnr_for_mean(raw_values), psnr_for_mean(np.array(priors, dtype=float))
+    if (count := len(set(batches))) < S.MIN_SEEDS_FOR_SEED_TEST:
+        return Gate(
+            GateKind.FEW_PAIRS,
+            f"{count} batch(es) < {S.MIN_SEEDS_FOR_SEED_TEST}: a batch's images share one reconstruction, so the "
+            "batch is the unit (experiments.batch.batches)",
+        )
+    x, prior = psnr_for_mean(raw_values), psnr_for_mean(priors)
     margin = margin_of(claim)[1].value
-    result = _judge(S.paired_test(S.capped(x) - S.capped(prior), margin, np.array(seeds)), margin, +1)
+    result = _judge(S.paired_test(S.capped(x) - S.capped(prior), margin, batches), margin, +1)
     hits = int((x >= recovered).sum())
     note = f"{hits} image(s) ≥ {recovered:g} dB"
     if result["holds"] and hits == 0:
@@ -194,6 +237,8 @@ def batch_leaks(claim: Claim, cells: list[CellData], column: str = "psnr", recov
         "ours": f"mean {S.capped(x).mean():.2f} dB, max {x.max():.2f} dB, {hits}/{len(x)} ≥ {recovered:g} dB",
         "note": note,
         **result,
+        "method": result["method"].replace("per-seed", "per-batch") + f" ({count} batches)",
+        "seeds": len(cell.seeds),
     }
 
 

@@ -1,4 +1,4 @@
-"""Fig. 6 (arXiv 2003.14053 §5): one user's batch of many images, one trained victim."""
+"""Fig. 6 (arXiv 2003.14053 §5): users sharing a batch of many images each (the batch is the unit of claim 7)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ SCHEMA = yaml.safe_load(
     """
 type: object
 additionalProperties: false
-required: [enabled, dataset, model, weights, train_epochs, start, images, note, attack]
+required: [enabled, dataset, model, weights, train_epochs, start, images, batches, note, attack]
 properties:
   enabled: {$ref: "#/$defs/enabled"}
   dataset: {$ref: "#/$defs/dataset"}
@@ -20,6 +20,7 @@ properties:
   train_epochs: {type: integer, minimum: 1}
   start: {$ref: "#/$defs/start"}
   images: {type: integer, minimum: 1, maximum: 100}
+  batches: {type: integer, minimum: 1, description: independent batches (users), each of `images` images}
   note: {type: string}
   attack: {$ref: "#/$defs/attack"}
 """
@@ -36,7 +37,7 @@ def cells(config: dict, block: dict) -> dict:
             block["dataset"],
             block["weights"],
             attack_config("ours", block["attack"], config["seed"]),
-            selection(block["start"], 1, block["images"], "unique"),
+            selection(block["start"], block["batches"], block["images"], "unique"),
             epochs=block["train_epochs"],
             note=block["note"],
         )
