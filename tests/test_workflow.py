@@ -208,6 +208,17 @@ def test_whole_dag_on_test_config(project):
     again = snakemake(project, "-n", "--configfile", "config/test.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # A per-image record deleted by hand makes its cell run again, and only once.
+    record = project / "results/table1/LeNetZhu_untrained_ours/0.json"
+    record.unlink()
+    cell = "results/table1/LeNetZhu_untrained_ours/images.pt"
+    plan = snakemake(project, "-n", "--configfile", "config/test.yaml", "--", cell)
+    assert re.search(r"^attack\s+1$", plan.stdout, re.M) and "0.json missing" in plan.stderr, plan.stdout
+    rebuilt = snakemake(project, "--cores", "2", "--configfile", "config/test.yaml", "--", cell)
+    assert rebuilt.returncode == 0 and record.is_file(), rebuilt.stderr[-3000:]
+    again = snakemake(project, "-n", "--configfile", "config/test.yaml", "--", cell)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
     # A targeted rerun of one cell runs exactly that attack job (and what depends on it), nothing else.
     target = "results/table1/LeNetZhu_untrained_ours/images.pt"
     plan = snakemake(project, "-n", "--configfile", "config/test.yaml", "--forcerun", target, "--", target)

@@ -3,10 +3,12 @@
 # marks the cell done. {cell} names the setting (its experiment module says how, e.g. table1:
 # {model}_{weights}_{method}). The job verifies a trained victim's checkpoint (sha256) when it loads it. A killed
 # job resumes each of its budget runs from its own hidden state files in the cell's folder (rerun-incomplete);
-# the spec's digest, stored there and in every record, keeps runs and records of another spec out.
+# the spec's digest, stored there and in every record, keeps runs and records of another spec out. A deleted
+# per-image record makes the cell run again (records_stamp).
 rule attack:
     input:
         victim_of,
+        records_stamp,
     output:
         images="results/{experiment}/{cell}/images.pt",
     log:

@@ -103,6 +103,31 @@ def victim_of(wildcards):
     return [path] if path else []
 
 
+RECORDS_STAMP = ".records_missing"
+
+
+def records_stamp(wildcards):
+    """A finished cell (images.pt) whose per-image record was deleted is attacked again: the stamp is touched
+    (newer than images.pt, so Snakemake reruns the job, which writes every record) and stays an input once
+    written, so the set of inputs never changes back and forces a second rerun. Nothing is deleted here.
+    """
+    out = Path("results", wildcards.experiment, wildcards.cell)
+    stamp = out / RECORDS_STAMP
+    names = CELLS[wildcards.experiment][wildcards.cell]["selection"]["names"]
+    if (out / "images.pt").is_file():
+        missing = [f"{n}.json" for n in names if not (out / f"{n}.json").is_file()]
+        if missing and (
+            not stamp.exists()
+            or stamp.stat().st_mtime <= (out / "images.pt").stat().st_mtime
+        ):
+            stamp.touch()
+            print(
+                f"{out}: record(s) {', '.join(missing)} missing: the cell is attacked again",
+                file=sys.stderr,
+            )
+    return [str(stamp)] if stamp.exists() else []
+
+
 def extraction_flag(dataset):
     """The extraction flag when the training folder comes from data.archives.<dataset>.
 
