@@ -117,12 +117,17 @@ def method_lines(table: pd.DataFrame) -> list[str]:
         f"MDE = (z₁₋α/₂ + z_{power:g}) · SD / √n, with α = {alpha}, SD the sample SD of the paired differences "
         "and n the number of test units (images, or seeds for the per-seed test). Method comparisons also give the "
         "per-image win rate of the claimed winner (exact sign test, ties dropped) and each method's recovery rate "
-        "at the report's recovered-PSNR line (exact McNemar test on the discordant images); DLG's share below "
+        "at the report's recovered-PSNR line (exact McNemar test on the discordant images; the line, 18 dB by "
+        "default, is the paper's own Table-1 mean for its attack on untrained LeNet (Zhu), arXiv 2003.14053: an "
+        "image counts as recovered when it comes back at least as well as the paper's average image); DLG's share below "
         "that line stands beside its mean. `verdict_2x`: the same test on the cells' runs at twice the budget "
         "(Holm-corrected among themselves); a row is *stable at 2×* when both agree, else *budget-sensitive*. "
         f"Rows are *not comparable* below {claims_mod.MIN_PAIRS} paired images, when cells attacked different "
         "images, ran budgets other than the declared ones, or have fewer victim seeds than the config asks "
-        "(a seed whose victim is below its accuracy floor is left out and the row says how many remain).\n",
+        "(a seed whose victim is below its accuracy floor is left out and the row says how many remain). "
+        "Images that share one update (a FedAvg user's K images, a batch) share one reconstruction, so the update "
+        "is their cluster: claim 6 tests its users' images clustered by user, and claim 7 needs ≥ 3 independent "
+        "batches (one batch reads *not comparable*).\n",
         "\n### Margins (declared before any result)\n",
         "| margin | value | claims | reason |",
         "|---|---|---|---|",
