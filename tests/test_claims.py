@@ -294,6 +294,10 @@ def test_beats_prior_and_its_mirror():
         one(tables(weak), attack)["verdict"] == "contradicted"
     )  # beats the prior, but CI below the 3 dB margin
     assert one(tables(weak), mirror)["verdict"] == "supported"
+    assert (
+        one(tables(weak), mirror)["reason"] == "CI below 3 and Holm p < 0.05"
+    )  # the mirror's side, in words
+    assert one(tables(strong), mirror)["reason"] == "CI above 3 and Holm p < 0.05 (the other way)"
     row = one(tables(strong), attack)
     assert row["statistic"] == pytest.approx((strong.psnr - prior).mean())
     no_prior = strong.assign(psnr_prior=np.nan)

@@ -182,6 +182,9 @@ def fails_to_beat_prior(claim: Claim, cells: list[CellData], column: str = "psnr
     return _versus_prior(claim, cells, column, recovered, -1)
 
 
+BELOW_MARGIN = ("fails_to_beat_prior",)  # comparisons whose claim says the difference lies below the margin
+
+
 def matches_paper(claim: Claim, cells: list[CellData], column: str = "psnr", recovered: float = 18.0):
     (cell,) = _restricted(cells)
     if not _has(cell.images, column):

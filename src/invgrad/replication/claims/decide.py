@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..claimdefs import Claim, margin_of
-from .comparisons import CELL_LESS, COMPARISONS
+from .comparisons import BELOW_MARGIN, CELL_LESS, COMPARISONS
 from .gates import Gate, GateKind, common_seeds, gates
 from .statistics import ALPHA, holm
 from .tables import expansions, finite, primary, read_cell, select, text
@@ -62,6 +62,11 @@ RULE = {
     "supported": "CI above {margin:g} and Holm p < {alpha}",
     "contradicted": "CI below {margin:g} and Holm p < {alpha} (the other way)",
     "inconclusive": "CI includes {margin:g} or Holm p ≥ {alpha}",
+}
+RULE_BELOW = {  # claims that the difference lies below the margin (e.g. DLG does not beat the prior by 3 dB)
+    "supported": "CI below {margin:g} and Holm p < {alpha}",
+    "contradicted": "CI above {margin:g} and Holm p < {alpha} (the other way)",
+    "inconclusive": RULE["inconclusive"],
 }
 RULE_EQUIVALENCE = {
     "supported": "CI within ±{margin:g} and Holm p < {alpha}",
@@ -177,7 +182,9 @@ def decide(tables, claims: tuple[Claim, ...] | None = None, recovered: float = 1
         main, double = row.pop("_main", None), row.pop("_2x", None)
         if main is None:
             continue
-        rule = RULE_EQUIVALENCE if row["comparison"] == "matches_paper" else RULE
+        rule = {"matches_paper": RULE_EQUIVALENCE, **dict.fromkeys(BELOW_MARGIN, RULE_BELOW)}.get(
+            row["comparison"], RULE
+        )
         verdict = _verdict(main, p)
         why = rule[verdict].format(margin=row["margin"], alpha=ALPHA)
         if verdict == "inconclusive" and main.get("why"):
