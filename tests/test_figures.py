@@ -69,16 +69,18 @@ def test_human_labels_name_model_weights_and_method():
     assert figures.human_label("LeNetZhu_untrained_zhu_halfce") == "untrained LeNet (Zhu), DLG (user 0.5·CE)"
     assert figures.human_label("LeNetZhu_trained_ours") == "trained LeNet (Zhu), proposed"
     assert figures.human_label("LeNetZhu_untrained_zhu") == "untrained LeNet (Zhu), DLG"
+    assert figures.human_label("n5_lr0.1_K4_B0") == "5 local step(s), τ=0.1, K=4, full batch"
+    assert figures.human_label("noise-0.01") == "Gaussian noise σ=0.01"
+    assert figures.human_label("LeNetZhu_untrained_K18") == "untrained LeNet (Zhu), 18 images"
 
 
-def test_adam_iterations_and_lbfgs_steps_get_separate_panels_legends_below_the_data(tmp_path):
+def test_adam_iterations_and_lbfgs_steps_get_separate_panels_legends_beside_the_data(tmp_path):
     fig = figures.convergence(_fixture(tmp_path), "Table 1 cells")
     _check(fig, tmp_path, "table1_convergence")
     assert [ax.get_xlabel() for ax in fig.axes] == ["signed-Adam iterations", "L-BFGS steps"]
     for ax in fig.axes:
-        assert (
-            ax.get_legend().get_bbox_to_anchor().y0 < ax.get_window_extent().y0
-        )  # below the data, not on it
+        beside = ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1
+        assert beside, "the legend sits on the data"
 
 
 def test_the_check_fails_on_a_cell_id_in_a_title(tmp_path):

@@ -8,6 +8,7 @@ iterations and L-BFGS steps on separate panels, legends outside the data, spread
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,15 +26,29 @@ MIN_SPREAD_N = 5  # below this many values per point, no band or error bar is dr
 OPTIMIZER_AXES = {"lbfgs": "L-BFGS steps", "adam": "signed-Adam iterations", "sgd": "SGD iterations"}
 
 
+# Cell ids that are not <model>_<weights>_<method>: the experiment settings they encode, in words.
+SETTING_LABELS = (
+    (re.compile(r"^n(\d+)_lr([^_]+)_K(\d+)_B0$"), "{0} local step(s), τ={1}, K={2}, full batch"),
+    (re.compile(r"^n(\d+)_lr([^_]+)_K(\d+)_B(\d+)$"), "{0} local step(s), τ={1}, K={2}, B={3}"),
+    (re.compile(r"^noise-(.+)$"), "Gaussian noise σ={0}"),
+    (re.compile(r"^prune-(.+)$"), "pruned, {0} of the entries kept"),
+    (re.compile(r"^none$"), "no defense"),
+)
+
+
 def human_label(cell: str) -> str:
     """A cell id such as ``LeNetZhu_untrained_zhu_halfce`` as a reader's label ("untrained LeNet (Zhu), DLG (user
-    0.5·CE)"): known model, weight and method ids are named, the other parts joined by spaces."""
+    0.5·CE)"): known model, weight and method ids are named, settings (FedAvg, defenses, ``K18``) spelt out."""
+    for pattern, text in SETTING_LABELS:
+        if match := pattern.match(str(cell)):
+            return text.format(*match.groups())
     parts = str(cell).split("_")
     model = MODEL_NAMES.get(parts[0], parts[0]) if parts else ""
     rest = parts[1:]
     weights = WEIGHT_NAMES.get(rest[0]) if rest else None
     if weights is not None:
         rest = rest[1:]
+    rest = [f"{p[1:]} images" if re.fullmatch(r"K\d+", p) else p for p in rest]
     method = METHOD_NAMES.get("_".join(rest), " ".join(rest))
     network = f"{weights} {model}" if weights else model
     return f"{network}, {method}" if method else network
@@ -85,16 +100,12 @@ class ExperimentData:
 
 
 def footer_below(fig, text: str) -> None:
-    """The footer (config, cells not run) under the lowest axes or legend, so it never sits on a legend."""
+    """The footer (config, cells not run) under everything the figure draws (tick labels and legends included)."""
     if not text:
         return
     fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    boxes = [a.get_tightbbox(renderer) for a in fig.axes] + [a.get_legend() for a in fig.axes]
-    lowest = min(
-        b.y0 if hasattr(b, "y0") else b.get_window_extent(renderer).y0 for b in boxes if b is not None
-    )
-    fig.text(0.5, lowest / fig.bbox.height - 0.01, text, ha="center", va="top", fontsize=6, color="0.35")
+    lowest = fig.get_tightbbox(fig.canvas.get_renderer()).y0  # inches from the bottom
+    fig.text(0.5, lowest / fig.get_figheight() - 0.03, text, ha="center", va="top", fontsize=6, color="0.35")
 
 
 def finish(fig, data: ExperimentData, title: str):
@@ -140,7 +151,7 @@ def convergence(data: ExperimentData, title: str):
         return message("no cell ran", data, title)
     families = ran.preset.map(_optimizer) if "preset" in ran.columns else ran.cell.map(lambda _: "adam")
     groups = [(OPTIMIZER_AXES.get(f, f), ran[families == f]) for f in dict.fromkeys(families)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.8 * len(groups), 3.2), squeeze=False)
     for ax, (xlabel, part) in zip(axes[0], groups, strict=True):
         for cell, rows in part.groupby("cell", sort=False):
             curves = [dict((int(i), p) for i, p in json.loads(s)) for s in rows.snapshots.drop_duplicates()]
@@ -156,7 +167,7 @@ def convergence(data: ExperimentData, title: str):
         ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean PSNR [dB] (failures as 0)")
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return finish(fig, data, title)
 
 

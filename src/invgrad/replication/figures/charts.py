@@ -131,9 +131,7 @@ def defenses_curves(data: ExperimentData):
         ax.set_ylabel("PSNR [dB]")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     n = int(ran.groupby("defense").size().min()) if len(ran) else 0
-    spread = (
-        "error bars: 1 s.d." if n >= MIN_SPREAD_N else f"means of n={n} images (no spread shown below n=5)"
-    )
+    spread = "error bars: 1 s.d." if n >= MIN_SPREAD_N else f"means of n={n} images; no spread below n=5"
     return finish(fig, data, f"Defenses: PSNR against defense strength ({spread})")
 
 
@@ -190,7 +188,9 @@ def analytic_error(data: ExperimentData):
     import seaborn as sns
 
     trials = data.trials()
-    trials = trials.assign(setting=trials.model + ", K=" + trials.batch_size.astype(str))
+    trials = trials.assign(
+        setting=trials.model.map(lambda m: MODEL_NAMES.get(m, m)) + ", K=" + trials.batch_size.astype(str)
+    )
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
     sns.stripplot(data=trials, x="setting", y="rel_error", hue="dtype", dodge=True, ax=ax)
     ax.set_yscale("log")
