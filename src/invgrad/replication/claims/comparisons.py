@@ -229,7 +229,7 @@ def batch_leaks(claim: Claim, cells: list[CellData], column: str = "psnr", recov
         )
     x, prior = psnr_for_mean(raw_values), psnr_for_mean(priors)
     margin = margin_of(claim)[1].value
-    result = _judge(S.paired_test(S.capped(x) - S.capped(prior), margin, batches), margin, +1)
+    result = _judge(S.paired_test(S.capped(x) - S.capped(prior), margin, batches, unit="batch"), margin, +1)
     hits = int((x >= recovered).sum())
     note = f"{hits} image(s) ≥ {recovered:g} dB"
     if result["holds"] and hits == 0:
@@ -240,7 +240,7 @@ def batch_leaks(claim: Claim, cells: list[CellData], column: str = "psnr", recov
         "ours": f"mean {S.capped(x).mean():.2f} dB, max {x.max():.2f} dB, {hits}/{len(x)} ≥ {recovered:g} dB",
         "note": note,
         **result,
-        "method": result["method"].replace("per-seed", "per-batch") + f" ({count} batches)",
+        "method": result["method"] + f" ({count} batches)",
         "seeds": len(cell.seeds),
     }
 

@@ -86,14 +86,18 @@ def _ttest(values: np.ndarray, margin: float, alternative: str) -> float:
 
 
 def paired_test(
-    diff: np.ndarray, margin: float = 0.0, clusters: np.ndarray | None = None, seed: int = SEED
+    diff: np.ndarray,
+    margin: float = 0.0,
+    clusters: np.ndarray | None = None,
+    seed: int = SEED,
+    unit: str = "seed",
 ) -> dict[str, object]:
     """The paired difference tested against ``margin`` both ways (one-sided p of diff > margin and of diff <
     margin), its cluster-bootstrap 95% CI and the design's minimum detectable effect.
 
     With ≥ :data:`MIN_SEEDS_FOR_SEED_TEST` victim seeds the unit is the seed: a one-sample t-test on the per-seed
     mean differences (images within a seed are not independent). Otherwise a Wilcoxon signed-rank test on the
-    per-image differences minus the margin.
+    per-image differences minus the margin. ``unit`` names the clusters in ``method`` (claim 7's are batches).
     """
     diff = np.clip(np.asarray(diff, dtype=float), -PSNR_CAP_DB, PSNR_CAP_DB)  # ±inf differences: capped
     clusters = np.zeros(len(diff), dtype=int) if clusters is None else np.asarray(clusters)
@@ -101,11 +105,11 @@ def paired_test(
     if len(keys) >= MIN_SEEDS_FOR_SEED_TEST:
         units = np.array([diff[clusters == k].mean() for k in keys])
         p_greater, p_less = _ttest(units, margin, "greater"), _ttest(units, margin, "less")
-        method = f"t-test on {len(keys)} per-seed mean differences, cluster bootstrap CI"
+        method = f"t-test on {len(keys)} per-{unit} mean differences, cluster bootstrap CI"
     else:
         units = diff
         p_greater, p_less = _wilcoxon(diff - margin, "greater"), _wilcoxon(diff - margin, "less")
-        pooled = f" ({len(keys)} seeds pooled)" if len(keys) > 1 else ""
+        pooled = f" ({len(keys)} {unit}s pooled)" if len(keys) > 1 else ""
         method = f"Wilcoxon signed-rank per image{pooled}, {'cluster ' if len(keys) > 1 else ''}bootstrap CI"
     low, high = cluster_bootstrap_ci(diff, clusters, seed)
     sd = float(units.std(ddof=1)) if len(units) > 1 else math.nan

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -68,7 +68,6 @@ class ExperimentData:
     note: str = ""
     config_label: str = ""
     recovered_psnr: float = 18.0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, results_dir, config_label: str = "", recovered_psnr: float = 18.0) -> ExperimentData:
