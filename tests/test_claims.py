@@ -358,7 +358,7 @@ def test_fedavg_users_images_count_singly_clustered_by_user():
     row["psnr_prior_per_image"] = [json.dumps(p) for p in priors]
     out = one(tables(row, experiment="fedavg"), claim)
     assert out["n"] == 16 and "clustered by update (4 updates)" in out["method"]
-    assert out["method"].startswith("t-test on 4 per-seed mean differences") and out["seeds"] == 1
+    assert out["method"].startswith("t-test on 4 per-update mean differences") and out["seeds"] == 1
     assert out["verdict"] == "supported"
 
 

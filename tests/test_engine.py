@@ -381,12 +381,23 @@ def test_the_optimizer_state_counts_against_the_limit(lenet, cifar_samples, cifa
 def test_a_limit_on_a_path_that_cannot_be_measured_runs_one_candidate_at_a_time(
     lenet, cifar_samples, cifar_stats, monkeypatch
 ):
-    """FedAvg's unrolled update goes through torch.func, whose transforms refuse saved-tensor hooks: off CUDA the
-    probe cannot measure it, so a given limit is kept by running candidates one at a time (same results)."""
+    """FedAvg's unrolled update on a model with its own forward (which the grouped layout cannot check) goes
+    through torch.func, whose transforms refuse saved-tensor hooks: off CUDA the probe cannot measure it, so a
+    given limit is kept by running candidates one at a time (same results)."""
     images, labels = cifar_samples
-    updates = [local_update(lenet, images[i : i + 1], labels[i : i + 1], 2, 1e-4) for i in range(2)]
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = Wrapped(lenet).eval()
+    updates = [local_update(model, images[i : i + 1], labels[i : i + 1], 2, 1e-4) for i in range(2)]
     attacker = FedAvgReconstructor(
-        lenet, cifar_stats, 2, 1e-4, make_config("ours", restarts=2, max_iterations=3, seed=3)
+        model, cifar_stats, 2, 1e-4, make_config("ours", restarts=2, max_iterations=3, seed=3)
     )
     whole, _ = attacker.reconstruct_many(updates, [labels[i : i + 1] for i in range(2)])
     sizes = _group_sizes(monkeypatch)

@@ -90,6 +90,19 @@ def test_paper_config_plans_without_imagenet(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_replicate_config_merges_over_the_default(tmp_path):
+    """config/replicate.yaml over config/config.yaml: 100 images per Table-1 seed job, the 0.5·CE DLG cells, 10
+    FedAvg users and 3 batches planned; what it does not name (models, budgets, seeds) stays the default's."""
+    project = project_copy(tmp_path)
+    result = snakemake(project, "-n", "--configfile", "config/config.yaml", "config/replicate.yaml")
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    assert "results/table1/LeNetZhu_trained_zhu_halfce/seed2/99.json" in out
+    assert "results/table1/LeNetZhu_untrained_ours/seed0/99.json" in out
+    assert "results/table1/ResNet20-4" not in out and "results/victims/CIFAR10/LeNetZhu_e40_s2.pt" in out
+
+
 def test_imagenet_cell_without_folder_is_not_run(tmp_path):
     from invgrad.replication import cells
 

@@ -22,8 +22,9 @@ from torch.func import functional_call, grad
 
 from ..protocol import check_schedule, local_epochs, minibatch_slices
 from ..user.loss import training_loss  # the one definition the attacker shares with the user (same loss)
+from . import grouped
 from .reconstructor import GradientReconstructor, Update
-from .simulator import Simulator, split_parameters
+from .simulator import Simulator, gradient_simulator, split_parameters
 
 
 # -- the attacker's re-simulation ----------------------------------------------------------------------------------
@@ -64,8 +65,16 @@ def fedavg_simulator(
             current = [c - local_lr * g for c, g in zip(current, steps, strict=True)]
         return [c - s for c, s in zip(current, start, strict=True)]
 
+    def per_candidate(x, labels):
+        """N candidates' Δθ [N, *p.shape] from one plain autograd graph in the grouped layout (each candidate
+        its own weights after the first step), where :func:`invgrad.attack.grouped.supports` the model."""
+        slices = minibatch_slices(local_steps, batch_size, x.shape[1])
+        return grouped.unrolled_updates(model, x, labels, slices, local_lr, first_step)
+
+    first_step = gradient_simulator(model).per_candidate
     settings = {"local_steps": local_steps, "local_lr": float(local_lr), "batch_size": batch_size}
-    return Simulator(functional, "fedavg", plain=plain, settings=settings)
+    batched = per_candidate if grouped.supports(model) else None
+    return Simulator(functional, "fedavg", plain=plain, per_candidate=batched, settings=settings)
 
 
 class FedAvgReconstructor(GradientReconstructor):

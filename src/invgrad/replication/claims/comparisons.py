@@ -151,25 +151,25 @@ def _versus_prior(claim: Claim, cells: list[CellData], column: str, recovered: f
         if isinstance(units, Gate):
             return units
         raw, raw_prior, clusters = units
-        unit = f", clustered by update ({len(set(clusters))} updates)"
+        unit, named = "update", f", clustered by update ({len(set(clusters))} updates)"
     else:
         raw, raw_prior = (
             cell.images[column].to_numpy(dtype=float),
             cell.images.psnr_prior.to_numpy(dtype=float),
         )
-        clusters, unit = cell.images[SEED_COLUMN].to_numpy(), ""
+        clusters, unit, named = cell.images[SEED_COLUMN].to_numpy(), "seed", ""
     if gate := _few(len(raw), "images"):
         return gate
     x, prior = psnr_for_mean(raw), psnr_for_mean(raw_prior)
     margin = margin_of(claim)[1].value
-    test = S.paired_test(S.capped(x) - S.capped(prior), margin, clusters)
+    test = S.paired_test(S.capped(x) - S.capped(prior), margin, clusters, unit=unit)
     ours = f"{S.capped(x).mean():.2f} dB vs prior {S.capped(prior).mean():.2f} dB"
     return {
         "n": len(x),
         "failures": int(np.isnan(raw).sum()),
         "ours": ours + _dlg_failures(cell, x, recovered),
         **_judge(test, margin, sense),
-        "method": test["method"] + unit,
+        "method": test["method"] + named,
         "seeds": len(cell.seeds),
     }
 
