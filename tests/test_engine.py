@@ -593,3 +593,33 @@ def test_a_bare_functional_simulator_runs_on_the_vmap_path_and_is_named_custom(
     )(x)
     torch.testing.assert_close(loss, loss_p, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
+
+
+def test_a_gradient_of_other_strides_steps_the_optimizer_exactly_like_a_contiguous_one(
+    lenet, cifar_samples, cifar_stats, monkeypatch
+):
+    """torch 2.14's fused CPU Adam mis-steps a gradient whose strides differ from the variable's; the engine hands
+    it contiguous gradients, so an evaluation returning channels-last ones changes nothing, bit for bit."""
+    images, labels = cifar_samples
+    updates = [shared_gradient(lenet, images[i : i + 2], labels[i : i + 2]) for i in (0, 2)]
+    cfg = make_config("ours", restarts=1, max_iterations=6, seed=3, total_variation=1e-2)
+    attacker = GradientReconstructor(lenet, cifar_stats, cfg, num_images=2)
+    users = [labels[0:2], labels[2:4]]
+    plain, _ = attacker.reconstruct_many(updates, users)
+    original = Evaluations.build
+
+    def strided(self, *args, **kwargs):
+        evaluation = original(self, *args, **kwargs)
+
+        def gradients(variables):
+            grads, loss = evaluation.gradients(variables)
+            g = grads[0]  # [E, R, K, C, H, W] laid out channels-last: same values, other strides
+            other = g.flatten(0, 2).contiguous(memory_format=torch.channels_last).reshape(g.shape)
+            assert other.stride() != g.stride() and torch.equal(other, g)
+            return [other, *grads[1:]], loss
+
+        return evaluation.__class__(gradients, evaluation.objective, evaluation.tv_weight, evaluation.traced)
+
+    monkeypatch.setattr(Evaluations, "build", strided)
+    again, _ = attacker.reconstruct_many(updates, users)
+    assert torch.equal(again, plain)

@@ -31,7 +31,7 @@ def _candidates(model, n, k, soft=False, seed=0):
 def test_grouped_updates_equal_the_functional_simulator_per_candidate(name, steps, lr, batch, soft):
     """float64: Δθ of 3 candidates × 2 images, and the images' gradient of an objective of them."""
     model = build_model(name, num_classes=10, seed=1).double().eval()
-    simulate = fedavg_simulator(model, steps, lr, batch)
+    simulate = fedavg_simulator(model, steps, lr, batch, grouped_layout=True)
     assert simulate.per_candidate is not None
     x, labels = _candidates(model, 3, 2, soft)
     batched = simulate.per_candidate(x, labels)
@@ -57,7 +57,7 @@ def test_the_users_update_is_what_the_grouped_path_simulates(cifar_samples):
     images, labels = cifar_samples
     x = images[:8].double().reshape(2, 4, 3, 32, 32)
     y = labels[:8].reshape(2, 4)
-    batched = fedavg_simulator(model, 5, 0.1, 0).per_candidate(x, y)
+    batched = fedavg_simulator(model, 5, 0.1, 0, grouped_layout=True).per_candidate(x, y)
     for i in range(2):
         for t, u in zip(batched, local_update(model, x[i], y[i], 5, 0.1), strict=True):
             assert torch.allclose(t[i], u, rtol=1e-9, atol=1e-14)
@@ -89,7 +89,13 @@ class _OwnForward(nn.Sequential):
 )
 def test_chains_the_grouped_layout_cannot_reproduce_go_through_vmap(model):
     assert not grouped.supports(model)
-    assert fedavg_simulator(model, 2, 0.1).per_candidate is None
+    assert fedavg_simulator(model, 2, 0.1, grouped_layout=True).per_candidate is None
+
+
+def test_the_grouped_layout_is_the_default_where_supported_and_can_be_switched_off():
+    model = build_model("LeNetZhu", seed=0).eval()
+    assert fedavg_simulator(model, 2, 0.1).per_candidate is not None
+    assert fedavg_simulator(model, 2, 0.1, grouped_layout=False).per_candidate is None
 
 
 def test_the_engine_takes_the_grouped_path_and_it_equals_vmap(cifar_samples, cifar_stats):
@@ -101,7 +107,7 @@ def test_the_engine_takes_the_grouped_path_and_it_equals_vmap(cifar_samples, cif
     updates = [local_update(model, images[2 * i : 2 * i + 2], y[i], 3, 0.1) for i in range(3)]
     cfg = make_config("ours", max_iterations=2, seed=3, total_variation=1e-2)
     dm, ds = (s.reshape(-1, 1, 1) for s in cifar_stats)
-    engine = Engine(model, fedavg_simulator(model, 3, 0.1), cfg, dm, ds)
+    engine = Engine(model, fedavg_simulator(model, 3, 0.1, grouped_layout=True), cfg, dm, ds)
     evaluations = engine.evaluations
     assert evaluations.path(6) == evaluations.expanded
     targets = [torch.stack(per) for per in zip(*updates, strict=True)]

@@ -268,6 +268,9 @@ class Engine:
         def closure():
             grads, loss = gradients([v.detach() for v in variables])
             for variable, grad_ in zip(variables, grads, strict=True):
+                # contiguous like the variable: torch 2.14's fused CPU Adam silently mis-steps a gradient of other
+                # strides (the grouped layout's channels-last one cost a FedAvg cell 5.7 dB over 4,800 iterations)
+                grad_ = grad_.contiguous()
                 variable.grad = grad_.sign() if cfg["signed"] else grad_
             return loss  # [E, R]: batched L-BFGS needs each element's loss; Adam/SGD ignore it
 

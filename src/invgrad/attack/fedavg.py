@@ -29,13 +29,19 @@ from .simulator import Simulator, gradient_simulator, split_parameters
 
 # -- the attacker's re-simulation ----------------------------------------------------------------------------------
 def fedavg_simulator(
-    model: torch.nn.Module, local_steps: int, local_lr: float, batch_size: int = 0
+    model: torch.nn.Module,
+    local_steps: int,
+    local_lr: float,
+    batch_size: int = 0,
+    grouped_layout: bool = True,
 ) -> Simulator:
     """Unrolled, differentiable Δθ(x) = θ_n(x) − θ_0 of the user's local steps, in torch.func form.
 
     Works under the engine's nested vmap (restarts, experiments) and its outer ``grad`` w.r.t. the images: each
     step is a functional gradient (``torch.func.grad``) of the mean cross-entropy at the current parameters, so
     the whole trajectory stays on the autodiff tape. ``labels`` may be class indices [K] or soft labels [K, classes].
+    Where :func:`invgrad.attack.grouped.supports` the model, many candidates run in its grouped layout
+    (``grouped_layout=False``: through vmap, as for every other model).
     """
 
     def functional(params, buffers, x, labels):
@@ -73,7 +79,7 @@ def fedavg_simulator(
 
     first_step = gradient_simulator(model).per_candidate
     settings = {"local_steps": local_steps, "local_lr": float(local_lr), "batch_size": batch_size}
-    batched = per_candidate if grouped.supports(model) else None
+    batched = per_candidate if grouped_layout and grouped.supports(model) else None
     return Simulator(functional, "fedavg", plain=plain, per_candidate=batched, settings=settings)
 
 
