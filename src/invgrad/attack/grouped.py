@@ -14,13 +14,13 @@ those models through this path and every other model through ``torch.func.vmap``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .evaluation import convolution_backend
 from .persample import _GroupedWeightGradient, batchnorm_supported, conv_supported
 
 # Layers without parameters that act on each channel (or each feature) alone: the grouped layout passes through.
@@ -207,23 +207,11 @@ def unrolled_updates(
     simulator's per-candidate gradients, stacked in ``model.parameters()`` order) computes it with the weights
     shared; the later steps run in the grouped layout. The loss is the mean cross-entropy of
     :func:`invgrad.user.loss.training_loss`, its gradient at the logits written out (softmax − target)."""
-    with _aten_convolutions():
+    # ATen's convolutions, not oneDNN's (the backward kernels follow the forward's): near the optimum, at a FedAvg
+    # user's true images (LeNet (Zhu), 3 users × 4 images, 5 steps, τ = 0.1), oneDNN's grouped convolutions gave
+    # the images' gradient 6.1 % off float64 (ATen 1.4 %, vmap 1.8 %); ATen costs this path about 15 %
+    with convolution_backend(False):
         return _unrolled(model, x, labels, slices, local_lr, first_step)
-
-
-@contextmanager
-def _aten_convolutions() -> Iterator[None]:
-    """ATen's convolutions, not oneDNN's, for the graph built in the block (its backward kernels follow the
-    forward's). In float32 oneDNN's grouped convolutions lost accuracy where it matters, near the optimum: at a
-    FedAvg user's true images (LeNet (Zhu), 3 users × 4 images, 5 steps, τ = 0.1) the images' gradient was 6.1 %
-    off the float64 one (ATen: 1.4 %, vmap: 1.8 %), and over 4,800 iterations the five-step cell fell from 13.1 to
-    7.4 dB. ATen costs this path about 15 % of its speed."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
 
 
 def _unrolled(model, x, labels, slices, local_lr, first_step) -> list[torch.Tensor]:
