@@ -87,6 +87,8 @@ def claim_lines(table: pd.DataFrame) -> list[str]:
         claim = f"{row['claim']}. {row['text']}" + (f" — {setting}" if setting else "")
         n, failures, seeds = _num(row["n"]), _num(row["failures"]), _num(row.get("seeds"))
         count = "—" if n is None else f"{int(n)}" + ("" if failures is None else f" ({int(failures)} failed)")
+        if _cell_text(row.get("image_source")):
+            count += f"; images: {_cell_text(row['image_source'])}"
         lines.append(
             f"| {_cell_text(claim)} | {_cell_text(row['paper'])} | {_cell_text(row['ours']) or '—'} | {count} | "
             f"{'—' if seeds is None else int(seeds)} | {statistic_text(row)} | {_cell_text(per_image_text(row))} | "

@@ -24,7 +24,7 @@ def _texts(fig) -> list[str]:
 
 
 def _check(fig, tmp_path, stem: str) -> None:
-    ids = [t for t in _texts(fig) if SNAKE.search(t)]
+    ids = [t for t in _texts(fig) if SNAKE.search(t) or any(m in t for m in figures.base.MODEL_NAMES)]
     assert not ids, f"{stem}: ids in text artists: {ids}"
     notebook.save_figure(fig, tmp_path, stem)
     height, width = imread(tmp_path / f"{stem}.png").shape[:2]

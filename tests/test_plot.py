@@ -79,6 +79,26 @@ def test_several_rows_are_named_and_no_snake_case_id_is_drawn():
     assert not [t for t in texts if SNAKE_CASE.search(t)]
 
 
+def test_groups_stay_together_under_their_titles_side_by_side():
+    truth, rec = _batch(12)
+    groups = [(f"cell {g}", 3) for g in range(4)]
+    fig = plot.grid(truth, rec, labels=["best", "median", "worst"] * 4, groups=groups)
+    texts = _texts(fig)
+    assert [t for t in texts if t.startswith("cell ")] == [name for name, _ in groups]
+    truths = sorted(
+        (ax for ax in fig.axes if ax.get_title()), key=lambda a: (-a.get_position().y0, a.get_position().x0)
+    )
+    lines = {round(ax.get_position().y0, 4) for ax in truths}
+    assert len(lines) == 2  # four groups of three: two lines of two groups, never three and one
+    for g in range(4):  # a group's images sit side by side on one line, closer than the gap between groups
+        members = truths[3 * g : 3 * g + 3]
+        assert len({round(ax.get_position().y0, 4) for ax in members}) == 1
+    x = [ax.get_position().x0 for ax in truths[:6]]
+    assert x[3] - x[2] > 1.2 * (x[1] - x[0])
+    with pytest.raises(ValueError, match=r"groups count \[3, 3\] images, ground truth has 12"):
+        plot.grid(truth, rec, groups=[("a", 3), ("b", 3)])
+
+
 def test_bad_input_fails_with_one_clear_line():
     truth, rec = _batch(3)
     with pytest.raises(ValueError, match=r"shape \(2, 3, 8, 8\), ground truth \(3, 3, 8, 8\)"):

@@ -50,6 +50,20 @@ def test_images_csv_has_exactly_the_common_columns_and_the_experiments_own():
     assert COMMON_COLUMNS == records.COLUMN_NAMES and "victim_source" in COMMON_COLUMNS
 
 
+def test_every_cell_names_its_image_source_and_how_many_images_are_exact():
+    plain = [{**_record("c", t, 10.0), "val_source": "embedded-CIFAR10", "indices": [int(t)]} for t in "01"]
+    assert tables.tables(plain, "table1")[1].iloc[0].image_source == "embedded-CIFAR10"
+    mixed = [
+        {**_record("d", t, 10.0), "val_source": "first-per-class:data/raw/cifar10-jpeg", "indices": [2 * int(t),
+         2 * int(t) + 1], "exact_images": int(t)}
+        for t in "01"
+    ]  # fmt: skip
+    entry = tables.tables(mixed, "table1")[1].iloc[0]
+    assert entry.image_source == (
+        "first-per-class:data/raw/cifar10-jpeg (1 of 4 images exact, the rest JPEG copies)"
+    )
+
+
 def test_a_failed_image_counts_as_0_db_in_the_mean_and_in_convergence():
     rows = [_record("c", "0", 10.0, double=14.0), _record("c", "1", math.nan, double=2.0)]
     rows[1]["snapshots"] = [[5, 1.0], [10, None], [20, math.nan]]

@@ -103,6 +103,26 @@ def test_replicate_config_merges_over_the_default(tmp_path):
     assert "results/table1/ResNet20-4" not in out and "results/victims/CIFAR10/LeNetZhu_e40_s2.pt" in out
 
 
+@pytest.mark.slow
+def test_offline_replicate_config_reads_the_unpacked_archive_after_extraction(tmp_path):
+    """config/replicate-offline.yaml, merged last: CIFAR-10 cells read first-per-class from the folder the run
+    unpacks, so every such cell (untrained ones too, which need no victim) waits for the extraction."""
+    project = project_copy(tmp_path)
+    (project / "data").mkdir()
+    (project / "data" / "cifar10-jpeg.tar.gz").write_bytes(b"")  # only its presence is planned on
+    files = ("config/config.yaml", "config/replicate.yaml", "config/replicate-offline.yaml")
+    result = snakemake(project, "-n", "--configfile", *files)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs = [job.split("\n\n")[0] for job in result.stdout.split("rule attack:")[1:]]  # inputs, outputs, shell
+    untrained = [j for j in jobs if "output: results/table1/LeNetZhu_untrained_ours/seed0/images.pt" in j]
+    assert len(untrained) == 1 and "input: data/raw/.CIFAR10.extracted" in untrained[0]
+    assert (
+        '"val_source": "first-per-class:data/raw/cifar10-jpeg"' in untrained[0] and "99.json" in result.stdout
+    )
+    batch = [j for j in jobs if "output: results/batch/" in j]
+    assert batch and all(".extracted" not in j and '"val_source": "embedded-CIFAR100"' in j for j in batch)
+
+
 def test_imagenet_cell_without_folder_is_not_run(tmp_path):
     from invgrad.replication import cells
 

@@ -45,17 +45,21 @@ def _captions(rec: torch.Tensor, truth: torch.Tensor, scores: Mapping | None) ->
     return lines
 
 
-def _columns(n: int, rows_per_block: int, cell_w: float, cell_h: float, max_columns: int) -> int:
-    """Images per block row whose page comes closest to TARGET_ASPECT (log scale), fewer blocks on ties."""
-    best, best_cols = math.inf, 1
-    for blocks in range(1, n + 1):
-        cols = math.ceil(n / blocks)
-        if cols > max_columns or math.ceil(n / cols) != blocks:
+def _per_line(widths: list[float], line_h: float, left: float, max_columns: int, counts: list[int]) -> int:
+    """Units (images, or groups of images) per line whose page comes closest to TARGET_ASPECT (log scale),
+    fewer lines on ties; lines balanced (no count that leaves a ragged last line where fewer lines would do); a
+    line holds at most ``max_columns`` images unless one unit alone is wider."""
+    best, best_k, units = math.inf, 1, len(widths)
+    for k in range(units, 0, -1):
+        if k != math.ceil(units / math.ceil(units / k)):
             continue
-        distance = abs(math.log(cols * cell_w / (blocks * rows_per_block * cell_h) / TARGET_ASPECT))
+        if k > 1 and max(sum(counts[i : i + k]) for i in range(0, len(counts), k)) > max_columns:
+            continue
+        width = left + max(sum(widths[i : i + k]) for i in range(0, len(widths), k))
+        distance = abs(math.log(width / (math.ceil(len(widths) / k) * line_h) / TARGET_ASPECT))
         if distance < best - 1e-9:
-            best, best_cols = distance, cols
-    return best_cols
+            best, best_k = distance, k
+    return best_k
 
 
 def display_array(tensor: torch.Tensor) -> np.ndarray:
@@ -74,6 +78,7 @@ def grid(
     truth_name: str = "ground truth",
     size: float = 1.0,
     max_columns: int = 12,
+    groups: Sequence[tuple[str, int]] | None = None,
 ) -> Figure:
     """Draw the paper's grid and return the matplotlib Figure (no pyplot state; save it with ``savefig``).
 
@@ -85,6 +90,8 @@ def grid(
         Without metrics the PSNR is computed here against ``ground_truth`` in the given order.
     labels: N class names drawn above the ground-truth images. title / caption: above / below the grid.
     size: inches per image; max_columns: images per row before the batch wraps into another block.
+    groups: (title, count) per run of consecutive images (e.g. one FedAvg user's K images, or one cell's best,
+        median and worst), counts summing to N: each group stays together under its title, groups side by side.
     """
     names, recs, scores = _as_rows(reconstructions, metrics)
     n = ground_truth.shape[0]
@@ -95,46 +102,62 @@ def grid(
             )
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels has {len(labels)} entries for {n} images")
+    if groups is not None and (sum(c for _, c in groups) != n or any(c < 1 for _, c in groups)):
+        raise ValueError(f"groups count {[c for _, c in groups]} images, ground truth has {n}")
     captions = [_captions(rec, ground_truth, s) for rec, s in zip(recs, scores, strict=True)]
     lines = max(c.count("\n") + 1 for row in captions for c in row)
 
     truth_h = size * (1 + (_LABEL_BAND if labels is not None else 0) + _GAP)
     rec_h = size * (1 + lines * _TEXT_LINE + _GAP)
     cell_w = size * (1 + _GAP)
-    block_h = truth_h + len(recs) * rec_h
-    cols = _columns(n, 1 + len(recs), cell_w, block_h / (1 + len(recs)), max_columns)
-    blocks = math.ceil(n / cols)
-    left = size * 0.35  # row names, written vertically
+    # row names, written vertically, left of every line (and of every group, which carries its own margin)
+    gap = size * 0.35 if groups is not None else 0.0
+    left = size * 0.35 - gap
+    units = list(groups) if groups is not None else [("", 1)] * n
+    counts = [c for _, c in units]
+    starts = [sum(counts[:u]) for u in range(len(units))]
+    title_band = size * _TEXT_LINE * max((t.count("\n") + 1 for t, _ in units if t), default=0)
+    block_h = title_band + truth_h + len(recs) * rec_h
+    widths = [c * cell_w + gap for c in counts]
+    per_line = _per_line(widths, block_h, left, max_columns, counts)
+    blocks = math.ceil(len(units) / per_line)
     title_lines, caption_lines = (title or "").splitlines() or [""], (caption or "").splitlines() or [""]
     top = (0.2 + 0.17 * len(title_lines)) if title else size * 0.1
     bottom = (0.15 + 0.12 * len(caption_lines)) if caption else size * 0.05
-    width, height = left + cols * cell_w + size * 0.05, top + blocks * block_h + bottom
+    line_widths = [sum(widths[b * per_line : (b + 1) * per_line]) for b in range(blocks)]
+    width, height = left + max(line_widths) + size * 0.05, top + blocks * block_h + bottom
     # A title or caption wider than the images widens the page (about 0.6 em per character); images centred.
     longest = max(max(map(len, title_lines)) * 10, max(map(len, caption_lines)) * 7)
     text_width = longest * 0.6 / 72 + 0.3
     if text_width > width:
         left, width = left + (text_width - width) / 2, text_width
     fig = Figure(figsize=(width, height))
+    label_size = 8 if labels is None or max(len(str(t)) for t in labels) <= 14 * size else 6.5
 
     def axes_at(x: float, y_top: float):
         """An image's axes at x inches from the left, its top y_top inches from the figure's top."""
         return fig.add_axes((x / width, 1 - (y_top + size) / height, size / width, size / height))
 
-    for b in range(blocks):
-        y = top + b * block_h
-        for j, i in enumerate(range(b * cols, min(n, (b + 1) * cols))):
-            x = left + j * cell_w
+    for u, ((group_title, count), first) in enumerate(zip(units, starts, strict=True)):
+        b, slot = divmod(u, per_line)
+        y = top + b * block_h + title_band
+        x0 = left + sum(widths[b * per_line : u]) + gap
+        if group_title:
+            centre = (x0 + (count * cell_w - size * _GAP) / 2) / width
+            fig.text(centre, 1 - (y - title_band) / height, group_title, ha="center", va="top", fontsize=8)
+        for j, i in enumerate(range(first, first + count)):
+            x = x0 + j * cell_w
             ax = axes_at(x, y + (size * _LABEL_BAND if labels is not None else 0))
             ax.imshow(display_array(ground_truth[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             if labels is not None:
-                ax.set_title(str(labels[i]), fontsize=8 if len(str(labels[i])) <= 14 * size else 6, pad=2)
-            if j == 0:
+                ax.set_title(str(labels[i]), fontsize=label_size, pad=2)
+            if j == 0 and (groups is not None or slot == 0):
                 ax.set_ylabel(truth_name, fontsize=8)
             for r, (name, rec) in enumerate(zip(names, recs, strict=True)):
                 ax = axes_at(x, y + truth_h + r * rec_h)
                 ax.imshow(display_array(rec[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_xlabel(captions[r][i], fontsize=7, labelpad=2)
-                if j == 0:
+                if j == 0 and (groups is not None or slot == 0):
                     ax.set_ylabel(name, fontsize=8)
     for ax in fig.axes:
         ax.set_xticks([])

@@ -9,6 +9,7 @@ rule attack:
     input:
         victim_of,
         records_stamp,
+        val_extraction,
     output:
         images="results/{experiment}/{cell}/images.pt",
     log:

@@ -148,6 +148,18 @@ def extraction_flag(dataset):
     return [] if folder.is_dir() else [flag]
 
 
+def val_extraction(wildcards):
+    """A cell whose validation source reads the training folder unpacked from the archive (e.g.
+    ``first-per-class:data/raw/cifar10-jpeg``) waits for that extraction (the flag, as the victims do).
+    """
+    spec = CELLS[wildcards.experiment][wildcards.cell]
+    folder = image_folder_path(spec["val_source"])
+    train = image_folder_path(config["data"]["train"].get(spec["dataset"]))
+    if folder is None or folder != train:
+        return []
+    return [ancient(flag) for flag in extraction_flag(spec["dataset"])]
+
+
 def cell_images(experiment):
     return [
         f"results/{experiment}/{cell}/images.pt" for cell in CELLS.get(experiment, {})

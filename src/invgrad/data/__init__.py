@@ -37,7 +37,9 @@ _EXPORTS = {
         ],
         ".sources",
     ),
-    **dict.fromkeys(["FirstPerClassDataset", "embedded_exact_files", "first_per_class"], ".per_class"),
+    **dict.fromkeys(
+        ["FirstPerClassDataset", "embedded_exact_files", "exact_count", "first_per_class"], ".per_class"
+    ),
     **dict.fromkeys(["TrainingSource", "resolve_training_source"], ".training_source"),
     **dict.fromkeys(["DataUnavailableError", "extract_archive"], ".download"),
     **dict.fromkeys(

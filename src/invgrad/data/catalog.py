@@ -80,6 +80,7 @@ _EMBEDDED_PREFIX = "embedded-"
 _FOLDER_PREFIX = "image-folder:"
 # The first 10 test images per class of an image folder, exact embedded images substituted (data/per_class.py).
 _FIRST_PER_CLASS_PREFIX = "first-per-class:"
+FIRST_PER_CLASS_IMAGES = 10  # what the source name gives: "the first 10 test images per class"
 
 
 def dataset_info(name: str | DatasetInfo) -> DatasetInfo:
@@ -100,7 +101,9 @@ NO_TRAINING_DATA = "not run: needs the {dataset} training split"
 
 
 def image_folder_path(source: str | None) -> Path | None:
-    """The folder an ``image-folder:<path>`` source names (``~`` expanded); None for every other source."""
-    if source and source.lower().startswith(_FOLDER_PREFIX):
-        return Path(source[len(_FOLDER_PREFIX) :]).expanduser()
+    """The folder an ``image-folder:<path>`` or ``first-per-class:<path>`` source names (``~`` expanded); None
+    for every other source."""
+    for prefix in (_FOLDER_PREFIX, _FIRST_PER_CLASS_PREFIX):
+        if source and source.lower().startswith(prefix):
+            return Path(source[len(prefix) :]).expanduser()
     return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .catalog import _EMBEDDED_PREFIX, _FIRST_PER_CLASS_PREFIX, DATASETS, dataset_info
+from .catalog import _EMBEDDED_PREFIX, _FIRST_PER_CLASS_PREFIX, DATASETS, FIRST_PER_CLASS_IMAGES, dataset_info
 from .sources import (
     IMAGE_EXTENSIONS,
     EvalTransform,
@@ -32,7 +32,7 @@ from .sources import (
     existing_folder,
 )
 
-PER_CLASS = 10  # what the source name gives: "the first 10 test images per class"
+PER_CLASS = FIRST_PER_CLASS_IMAGES
 _SPLIT_DIRS = ("test", "val")
 _EMBEDDED_FILES = {"CIFAR10": "cifar10", "CIFAR100": "cifar100"}
 
@@ -131,6 +131,13 @@ def first_per_class(
         exact=exact,
         number=number,
     )
+
+
+def exact_count(dataset, positions) -> int | None:
+    """How many of the images at ``positions`` are exact (not JPEG copies); None for a source that does not say
+    (embedded and torchvision images are exact, an image folder's are what its files are)."""
+    exact = getattr(dataset, "exact", None)
+    return None if exact is None else sum(bool(exact[i]) for i in positions)
 
 
 def load(path: str, split: str, stats, train_augment: bool, root) -> FirstPerClassDataset:

@@ -4,12 +4,12 @@
 ``reconstruct_many`` call and scores the reconstructions; ``invgrad.cli.run`` and :func:`run_cell` both call it,
 so a number means the same thing in ``metrics.json`` and in ``results/<experiment>/<cell>/<target>.json``.
 
-Seeds: user ``first_user + j`` of a call draws its attack initialisation from ``attack_config["seed"] +
-first_user + j`` (the engine's rule) and its defense noise from ``seed + first_user + j``, so attacking users in
-one batch, in several, or one at a time changes no user's starting point or noise. It does change the group shape
-the engine evaluates, hence the float rounding, which thousands of iterations grow into a different result (1.5 dB
-on one image at 1,600 iterations): a user attacked alone is statistically equivalent to the same user in a batch,
-not the same number. :func:`run_cell`'s ``only`` therefore reruns the whole batch, which reproduces it bit for bit.
+Seeds: user ``first_user + j`` of a call draws its attack initialisation from ``attack_config["seed"] + first_user
++ j`` (the engine's rule) and its defense noise from ``seed + first_user + j``, so attacking users in one batch, in
+several, or one at a time changes no user's starting point or noise. It does change the group shape the engine
+evaluates, hence the float rounding, which thousands of iterations grow into a different result (1.5 dB on one
+image at 1,600 iterations): a user attacked alone is statistically equivalent to the same user in a batch, not the
+same number. :func:`run_cell`'s ``only`` therefore reruns the whole batch, which reproduces it bit for bit.
 
 The attacker only ever receives the model, the shared update, the protocol's public parameters and (when granted)
 the labels; ground truth is used after the attack, for scoring.
@@ -237,9 +237,7 @@ def run_users(
     return results, call
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# A pipeline cell: its victim, its images, its users
-# ----------------------------------------------------------------------------------------------------------------
+# -- A pipeline cell: its victim, its images, its users ------------------------------------------------------------
 def threat_of(spec: dict[str, Any]) -> Threat:
     """The threat model a cell's spec describes."""
     fed = (spec.get("fedavg") or {}) if spec.get("threat") == "fedavg" else {}
@@ -406,6 +404,7 @@ def run_cell(
             continue
         result = runs["attack"][p]
         record = cell_record(spec, cell, name, rows[p], result, victim_meta, device)
+        record["exact_images"] = data.exact_count(dataset, rows[p])  # None: the source does not say
         for run, config in budget_runs(attack, double).items():
             if run != "attack":
                 record[run] = {

@@ -16,9 +16,11 @@ cell means the same thing to the DAG, to a rerun and to the notebooks.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from ..data.catalog import image_folder_path
+from ..data.catalog import _FIRST_PER_CLASS_PREFIX as FIRST_PER_CLASS
+from ..data.catalog import DATASETS, FIRST_PER_CLASS_IMAGES, image_folder_path
 from ..victim.catalog import is_model_name
 from . import registry
 from .registry.base import (
@@ -168,9 +170,10 @@ def victims(config: dict, cells: dict | None = None) -> dict[str, dict[str, Any]
     return out
 
 
-def attacked_images(cells: dict, dataset: str) -> int:
+def attacked_images(cells: dict, dataset: str, unique_slack: int = 4) -> int:
     """How many leading validation images of ``dataset`` some experiment may attack (an upper bound: selections
-    that skip repeated labels are given four images per slot); held-out evaluation excludes copies of them."""
+    that skip repeated labels are given ``unique_slack`` images per slot); held-out evaluation excludes copies of
+    them. ``unique_slack=1``: the fewest images the selections need."""
     last = 0
     for experiment in cells.values():
         for spec in experiment.values():
@@ -180,7 +183,8 @@ def attacked_images(cells: dict, dataset: str) -> int:
             span = (
                 max(sel["indices"]) + 1
                 if sel["rule"] == "list"
-                else sel["start"] + sel["users"] * sel["per_user"] * (4 if sel["rule"] == "unique" else 1)
+                else sel["start"]
+                + sel["users"] * sel["per_user"] * (unique_slack if sel["rule"] == "unique" else 1)
             )
             last = max(last, span)
     return last
@@ -239,6 +243,14 @@ def _unknown_models(config: dict, cells: dict) -> list[str]:
     return problems
 
 
+def _extracted_folder(config: dict, dataset: str, folder: Path) -> bool:
+    """Whether ``folder`` is the training folder the run unpacks from an existing data.archives.<dataset> (a
+    validation source may read its test split, e.g. ``first-per-class:data/raw/cifar10-jpeg``)."""
+    archive = config["data"]["archives"].get(dataset)
+    train = image_folder_path(config["data"]["train"].get(dataset))
+    return train is not None and train == folder and bool(archive) and Path(archive).is_file()
+
+
 def _data_problems(config: dict, cells: dict) -> list[str]:
     problems = []
     for dataset, source in config["data"]["val"].items():
@@ -246,8 +258,24 @@ def _data_problems(config: dict, cells: dict) -> list[str]:
         if dataset == "ImageNet":
             continue  # no download exists: a missing folder makes its cells "not run", the rest still runs
         used = any(spec["dataset"] == dataset for exp in cells.values() for spec in exp.values())
-        if used and folder is not None and not folder.is_dir():
-            problems.append(f"data.val.{dataset}: image folder {folder} does not exist")
+        if (
+            used
+            and folder is not None
+            and not folder.is_dir()
+            and not _extracted_folder(config, dataset, folder)
+        ):
+            problems.append(
+                f"data.val.{dataset}: image folder {folder} does not exist (nor is it data.train.{dataset}'s "
+                f"folder, which the run unpacks from data.archives.{dataset})"
+            )
+        if source.startswith(FIRST_PER_CLASS) and dataset in DATASETS:
+            holds = FIRST_PER_CLASS_IMAGES * DATASETS[dataset].num_classes
+            reach = attacked_images(cells, dataset, unique_slack=1)
+            if reach > holds:
+                problems.append(
+                    f"data.val.{dataset}: {source} holds {holds} images ({FIRST_PER_CLASS_IMAGES} per class), the "
+                    f"experiments select up to {reach}"
+                )
     for experiment, exp in cells.items():  # the embedded sources hold 20 images (indices 0-19)
         for spec in exp.values():
             sel = spec["selection"]

@@ -57,6 +57,8 @@ COLUMNS: tuple[tuple[str, Callable[[dict], Any]], ...] = (
     ("preset", lambda r: r["spec"].get("preset", "ours")),
     ("user_loss_scale", lambda r: r["spec"].get("user_loss_scale", 1.0)),
     ("indices", _listed("indices")),
+    ("image_source", lambda r: r.get("val_source", r["spec"].get("val_source", ""))),
+    ("exact_images", lambda r: r.get("exact_images")),
     ("psnr_prior", lambda r: r.get("psnr_prior")),
     ("psnr_per_image", _listed("psnr_per_image")),
     ("psnr_prior_per_image", _listed("psnr_prior_per_image")),

@@ -98,6 +98,20 @@ def cell_of_run(run: str) -> str:
     return head if head and tail.isdigit() else run
 
 
+def image_source(ran: pd.DataFrame) -> str:
+    """Where a cell's images came from (each configured source once) and, where the source mixes exact images
+    with JPEG copies (``first-per-class:``), how many of them are exact."""
+    if "image_source" not in ran.columns:
+        return ""
+    text = "; ".join(dict.fromkeys(str(s) for s in ran.image_source.dropna() if str(s)))
+    users = ran.drop_duplicates([c for c in ("run", "target") if c in ran.columns])  # sweeps repeat a user
+    exact = pd.to_numeric(users.get("exact_images"), errors="coerce") if "exact_images" in users else None
+    if exact is None or exact.isna().any():
+        return text
+    images = sum(len(json.loads(i)) if isinstance(i, str) else 1 for i in users.indices)
+    return f"{text} ({int(exact.sum())} of {images} images exact, the rest JPEG copies)"
+
+
 def _cell_entry(ran: pd.DataFrame, convergence_db: float) -> dict:
     stats = summarize(ran.psnr.astype(float).tolist())
     seeds = ran.drop_duplicates("victim_seed") if "victim_seed" in ran.columns else ran.iloc[:1]
@@ -112,6 +126,7 @@ def _cell_entry(ran: pd.DataFrame, convergence_db: float) -> dict:
         "seconds_per_image": float(ran.seconds.astype(float).mean()),
         "victim_accuracy": pd.to_numeric(seeds.victim_accuracy).mean(),  # over the victim seeds
         "victim_accuracy_min": pd.to_numeric(seeds.victim_accuracy).min(),
+        "image_source": image_source(ran),
         "iterations": int(ran.iterations.iloc[0]),
         "restarts": int(ran.restarts.iloc[0]),
         "tv": float(ran.tv.iloc[0]),

@@ -53,6 +53,7 @@ COLUMNS = [
     "ours",
     "paper",
     "victim_source",
+    "image_source",
     "reason",
     "note",
 ]
@@ -108,6 +109,16 @@ def _victim_sources(cells) -> str:
     return "; ".join(dict.fromkeys(s for s in sources if s and s != "untrained"))
 
 
+def _image_sources(cells) -> str:
+    """Where the compared cells' images came from (table.csv's ``image_source``: source, exact count), once each."""
+
+    def source(cell):
+        summary = cell.summary
+        return text(summary.get("image_source")) if summary is not None and "image_source" in summary else ""
+
+    return "; ".join(dict.fromkeys(s for s in map(source, cells) if s))
+
+
 def _asked(cell) -> int:
     """The victim seeds the config asked for this cell (its records' ``victim_seeds``; 1 when they do not say)."""
     value = cell.first("victim_seeds")
@@ -133,6 +144,7 @@ def _evaluate(claim: Claim, fixed: dict[str, Any], tables, recovered: float, ask
             return _stated(row, Gate(GateKind.NOT_RUN, cell))
     row["cells"] = " vs ".join(c.name for c in cells)
     row["victim_source"] = _victim_sources(cells)
+    row["image_source"] = _image_sources(cells)
     if len(cells) == 2 and cells[0].name == cells[1].name:
         return _stated(row, Gate(GateKind.SAME_CELL, f"both sides select {cells[0].name} (one value only)"))
     gate = gates(claim, cells, max([asked, *(_asked(c) for c in cells)]))

@@ -54,6 +54,13 @@ def human_label(cell: str) -> str:
     return f"{network}, {method}" if method else network
 
 
+def in_words(text: str) -> str:
+    """A config's free text (a cell's note) with the model ids it names written as the reader's names."""
+    for model, name in MODEL_NAMES.items():
+        text = re.sub(rf"(?<![\w-]){re.escape(model)}(?![\w-])", name, text)
+    return text
+
+
 def network_label(model: str, weights: str) -> str:
     return f"{WEIGHT_NAMES.get(weights, weights)} {MODEL_NAMES.get(model, model)}"
 

@@ -6,63 +6,52 @@ from __future__ import annotations
 import textwrap
 
 from .. import notebook as _nb
-from .base import MODEL_NAMES, ExperimentData, finish, human_label, label_names, message
+from .base import MODEL_NAMES, ExperimentData, human_label, in_words, label_names, message
 
 
-def _pair_blocks(blocks, per_line: int, columns: int, title: str, data: ExperimentData):
-    """Blocks of ``columns`` images (ground truth above reconstruction), ``per_line`` blocks side by side, a label
-    above each block. ``blocks``: (label, [(truth, reconstruction, name above, text below), ...])."""
-    import matplotlib.pyplot as plt
+def _grouped_grid(groups, title: str, data: ExperimentData):
+    """:func:`invgrad.plot.grid` of ``groups`` [(title, [(truth, reconstruction, name above, PSNR), ...])]: each
+    group its own ground truth over its reconstruction, groups side by side near the paper's aspect ratio."""
+    import torch
 
-    from ...plot import display_array
+    from ...plot import grid
 
-    lines = -(-len(blocks) // per_line)
-    fig, axes = plt.subplots(
-        2 * lines, per_line * columns, figsize=(1.15 * per_line * columns, 2.75 * lines), squeeze=False
+    images = [image for _, group in groups for image in group]
+    return grid(
+        torch.stack([truth for truth, _, _, _ in images]),
+        torch.stack([rec for _, rec, _, _ in images]),
+        metrics={"psnr": [psnr for _, _, _, psnr in images]},
+        labels=[above for _, _, above, _ in images],
+        title=title,
+        caption=data.footer,
+        truth_name="truth",
+        groups=[(name, len(group)) for name, group in groups],
     )
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.axis("off")
-    for b, (label, images) in enumerate(blocks):
-        line, slot = divmod(b, per_line)
-        for j, (truth, rec, above, below) in enumerate(images):
-            top, bottom = axes[2 * line, slot * columns + j], axes[2 * line + 1, slot * columns + j]
-            for ax, image in ((top, truth), (bottom, rec)):
-                ax.axis("on")
-                ax.imshow(display_array(image), interpolation="nearest")
-            middle = j == (len(images) - 1) // 2  # the block's label sits over its middle image
-            top.set_title(f"{label}\n{above}" if middle else f"\n{above}", fontsize=6.5)
-            bottom.set_xlabel(below, fontsize=6.5)
-        first = axes[2 * line, slot * columns]
-        first.set_ylabel("truth", fontsize=6.5)
-        axes[2 * line + 1, slot * columns].set_ylabel("reconstruction", fontsize=6.5)
-    return finish(fig, data, title)
 
 
 def table1_grid(data: ExperimentData):
     """Per cell its best, median and worst image: ground truth (class name above) over its reconstruction (PSNR
-    below), cells two to a line."""
+    below), one group per cell."""
     title = "Table 1: best, median and worst image per cell"
     cells = [c for c in data.table.cell if c in set(data.ran.cell) and c in data.store]
-    blocks = []
+    groups = []
     for cell in cells:
         images = []
         for label, target, psnr in _nb.best_median_worst(data.images_csv, cell):
             pair, names = data.store[cell]["targets"][target], label_names(data.record(cell, target))
             above = f"{label}: {names[0]}" if names else label
-            images.append((pair["truth"][0], pair["reconstruction"][0], above, f"{psnr:.1f} dB"))
+            images.append((pair["truth"][0], pair["reconstruction"][0], above, psnr))
         if images:
-            blocks.append((human_label(cell), images))
-    if not blocks:
+            groups.append((human_label(cell), images))
+    if not groups:
         return message("no reconstruction to show", data, title)
-    return _pair_blocks(blocks, min(2, len(blocks)), max(len(i) for _, i in blocks), title, data)
+    return _grouped_grid(groups, title, data)
 
 
 def fedavg_grid(data: ExperimentData, users: int = 2):
     """Per FedAvg setting, its first users' K images from one weight update each: truth over reconstruction."""
     title = "Fig. 5: FedAvg reconstructions (each user's K images from one weight update)"
-    blocks = []
+    groups = []
     for cell in data.table.cell:
         targets = list(data.store.get(cell, {}).get("targets", {}).items())[:users]
         row = data.table[data.table.cell == cell].iloc[0]
@@ -74,19 +63,15 @@ def fedavg_grid(data: ExperimentData, users: int = 2):
                     pair["truth"][j],
                     pair["reconstruction"][j],
                     names[j] if j < len(names) else "",
-                    f"{psnrs[j]:.1f} dB" if j < len(psnrs) else "",
+                    psnrs[j] if j < len(psnrs) else float("nan"),
                 )
                 for j in range(pair["truth"].shape[0])
             ]
-            blocks.append(
-                (
-                    f"n={int(row.local_steps)} local steps, τ={row.local_lr:g}: user {target.lstrip('u')}",
-                    images,
-                )
-            )
-    if not blocks:
+            name = f"n = {int(row.local_steps)} local steps, τ = {row.local_lr:g}: user {target.lstrip('u')}"
+            groups.append((name, images))
+    if not groups:
         return message("no FedAvg reconstruction to show", data, title)
-    return _pair_blocks(blocks, min(users, len(blocks)), max(len(i) for _, i in blocks), title, data)
+    return _grouped_grid(groups, title, data)
 
 
 def batch_grid(data: ExperimentData):
@@ -99,7 +84,7 @@ def batch_grid(data: ExperimentData):
     if pair is None or not record:
         return message("the batch did not run", data, "Fig. 6: one batch")
     marks = {"psnr": record["psnr_per_image"]}
-    note = record["spec"].get("note", "")
+    note = in_words(record["spec"].get("note", ""))
     caption = "\n".join([textwrap.fill(note, 120), data.footer]) if note else data.footer
     return grid(
         pair["truth"],
@@ -139,7 +124,7 @@ def imagenet_grid(data: ExperimentData):
     )
     spec = ran.iloc[0]
     model = MODEL_NAMES.get(spec.model, spec.model)
-    note = "; ".join(sorted(set(ran.note.dropna()))) if "note" in ran else ""
+    note = in_words("; ".join(sorted(set(ran.note.dropna())))) if "note" in ran else ""
     return grid(
         torch.cat([pair["truth"] for _, _, pair in rows]),
         {f"{model}, {int(spec.iterations)} it.": torch.cat([pair["reconstruction"] for _, _, pair in rows])},
