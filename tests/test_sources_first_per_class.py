@@ -78,6 +78,10 @@ def test_the_pipeline_plans_it_only_where_its_folder_exists_or_is_unpacked(tmp_p
     ]
     archive.write_bytes(b"")
     assert not [p for p in plan.check(config) if p.startswith("data.val")]
+    # the same test the workflow asks before a cell waits for the extraction
+    assert plan.reads_training_folder(config, "CIFAR10", config["data"]["val"]["CIFAR10"])
+    assert not plan.reads_training_folder(config, "CIFAR10", f"first-per-class:{tmp_path}/elsewhere")
+    assert not plan.reads_training_folder(config, "CIFAR10", "embedded-CIFAR10")
     config["experiments"]["table1"]["images"] = 101
     config["experiments"]["table1"]["distinct_images"] = False
     assert [p for p in plan.check(config) if p.startswith("data.val")] == [

@@ -260,6 +260,18 @@ def test_whole_dag_on_test_config(project):
     assert re.search(r"^attack\s+1$", text, re.M) and "train_victim" not in text, text  # one attack job
 
 
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_every_notebook_runs_from_the_figure_data_alone(project, tmp_path):
+    """Explorable from a fresh clone: without results/, each experiment's notebook reads figures/data/<experiment>
+    (here the whole-DAG test's, on the same copy: nothing is rebuilt when it ran first)."""
+    from test_notebooks import notebooks_from_figure_data
+
+    from invgrad.replication import registry
+
+    notebooks_from_figure_data(project, tmp_path, registry.BUILTIN)
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_the_machine_lacks_stops_a_run_before_any_job(tmp_path):
     """`device: cuda:0` on a CPU machine: a real (local) run stops at start with one line, and no job runs; a dry

@@ -153,9 +153,7 @@ def val_extraction(wildcards):
     ``first-per-class:data/raw/cifar10-jpeg``) waits for that extraction (the flag, as the victims do).
     """
     spec = CELLS[wildcards.experiment][wildcards.cell]
-    folder = image_folder_path(spec["val_source"])
-    train = image_folder_path(config["data"]["train"].get(spec["dataset"]))
-    if folder is None or folder != train:
+    if not plan.reads_training_folder(config, spec["dataset"], spec["val_source"]):
         return []
     return [ancient(flag) for flag in extraction_flag(spec["dataset"])]
 

@@ -243,12 +243,17 @@ def _unknown_models(config: dict, cells: dict) -> list[str]:
     return problems
 
 
-def _extracted_folder(config: dict, dataset: str, folder: Path) -> bool:
-    """Whether ``folder`` is the training folder the run unpacks from an existing data.archives.<dataset> (a
-    validation source may read its test split, e.g. ``first-per-class:data/raw/cifar10-jpeg``)."""
+def reads_training_folder(config: dict, dataset: str, source: str | None) -> bool:
+    """Whether validation ``source`` reads ``data.train.<dataset>``'s folder (e.g.
+    ``first-per-class:data/raw/cifar10-jpeg``), which the run may unpack from data.archives.<dataset> first."""
+    folder = image_folder_path(source)
+    return folder is not None and folder == image_folder_path(config["data"]["train"].get(dataset))
+
+
+def _extracted_folder(config: dict, dataset: str, source: str) -> bool:
+    """Whether ``source`` reads the training folder the run unpacks from an existing data.archives.<dataset>."""
     archive = config["data"]["archives"].get(dataset)
-    train = image_folder_path(config["data"]["train"].get(dataset))
-    return train is not None and train == folder and bool(archive) and Path(archive).is_file()
+    return reads_training_folder(config, dataset, source) and bool(archive) and Path(archive).is_file()
 
 
 def _data_problems(config: dict, cells: dict) -> list[str]:
@@ -262,7 +267,7 @@ def _data_problems(config: dict, cells: dict) -> list[str]:
             used
             and folder is not None
             and not folder.is_dir()
-            and not _extracted_folder(config, dataset, folder)
+            and not _extracted_folder(config, dataset, source)
         ):
             problems.append(
                 f"data.val.{dataset}: image folder {folder} does not exist (nor is it data.train.{dataset}'s "

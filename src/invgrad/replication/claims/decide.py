@@ -103,20 +103,20 @@ def _base(claim: Claim, fixed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _once_each(values) -> str:
+    """The compared cells' values joined once each, in order, leaving out blanks."""
+    return "; ".join(dict.fromkeys(v for v in values if v))
+
+
 def _victim_sources(cells) -> str:
     """What the compared cells' victims were trained on (source and data hash), once each; '' when all untrained."""
-    sources = [text(c.first("victim_source")) for c in cells]
-    return "; ".join(dict.fromkeys(s for s in sources if s and s != "untrained"))
+    return _once_each(s for s in (text(c.first("victim_source")) for c in cells) if s != "untrained")
 
 
 def _image_sources(cells) -> str:
     """Where the compared cells' images came from (table.csv's ``image_source``: source, exact count), once each."""
-
-    def source(cell):
-        summary = cell.summary
-        return text(summary.get("image_source")) if summary is not None and "image_source" in summary else ""
-
-    return "; ".join(dict.fromkeys(s for s in map(source, cells) if s))
+    summaries = (c.summary for c in cells)
+    return _once_each(text(s["image_source"]) for s in summaries if s is not None and "image_source" in s)
 
 
 def _asked(cell) -> int:
