@@ -53,8 +53,9 @@ demo: $(STAMP)
 # `make test DEVICE=cuda` runs only the device-aware tests, on the GPU; `make bench DEVICE=cuda` the benchmarks there.
 DEVICE ?= cpu
 # Two pytest workers (pytest-xdist), one test file each at a time: a file's tests share its fixtures and order, as
-# in a serial run. Most tests use one core (conftest.py); the whole suite took 18 min 55 s serial, 11 min 55 s in
-# two workers on the 2-core machine. `make test TEST_WORKERS=0` runs it in one process.
+# in a serial run. Most tests use one core (conftest.py). On the 2-core machine the suite took 18 min 55 s serial
+# and 11 min 55 s in two workers; with the notebook test on the whole-DAG test's copy, 9 min 41 s in CI's fresh clone
+# (998c92d). `make test TEST_WORKERS=0` runs it in one process.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --device $(DEVICE)
 test: $(STAMP)

@@ -201,31 +201,3 @@ def test_html_report_without_a_report_says_make(tmp_path):
         done.returncode == 1
         and done.stderr.strip() == f"error: no {tmp_path}/REPORT.md yet: run `make` to write it"
     )
-
-
-def notebooks_from_figure_data(project: Path, tmp_path: Path, experiments: tuple[str, ...]) -> None:
-    """In a clone without results/, every notebook of ``experiments`` must execute from figures/data/<experiment>
-    alone, as the pipeline writes it on config/test.yaml in ``project`` (a copy that has run the whole DAG
-    rebuilds nothing; tests/test_workflow.py runs this after its whole-DAG test, on the same copy)."""
-    from test_workflow import snakemake
-
-    targets = [f"figures/data/{name}" for name in experiments]
-    run = snakemake(project, "--cores", "2", *targets, "--configfile", "config/test.yaml", timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    clone = _clone(tmp_path)
-    for name in experiments:
-        shutil.copytree(project / "figures/data" / name, clone / "figures/data" / name)
-    assert not (clone / "results").exists()
-    for name in experiments:
-        done = subprocess.run(
-            [str(Path(sys.executable).parent / "jupyter"), "nbconvert", "--to", "notebook", "--execute"]
-            + ["--output-dir", str(tmp_path / "executed"), f"notebooks/{name}.ipynb"],
-            cwd=clone,
-            env=_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
-        executed = (tmp_path / "executed" / f"{name}.ipynb").read_text()
-        assert f"reading figures/data/{name}" in executed, name
